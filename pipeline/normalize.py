@@ -1,0 +1,73 @@
+"""The digit normalization contract, shared by training and the pipeline.
+
+A crop is turned into the model's input exactly as MNIST was made: white ink on black,
+the digit's bounding box scaled (aspect kept) to fit a ``fit_box``×``fit_box`` square,
+then placed in an ``input_size``×``input_size`` canvas so that its centre of mass sits at
+the canvas centre. Training data from any source (USPS, folders of images, reviewers'
+corrections) and every crop cut from a scan go through :func:`normalize_digit`, so the
+model sees in training what it sees in production.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+INPUT_SIZE = 28
+FIT_BOX = 20
+# A pixel counts as ink for the bounding box when it exceeds this fraction of the
+# crop's maximum: keeps faint anti-aliasing and scanner noise from inflating the box.
+INK_FRACTION = 0.12
+
+
+def normalize_digit(
+    ink: np.ndarray, *, input_size: int = INPUT_SIZE, fit_box: int = FIT_BOX
+) -> np.ndarray:
+    """Normalize one digit image to the model contract.
+
+    Args:
+        ink: 2-D array, ink bright on a dark background (0 = no ink). uint8 or float.
+        input_size: side of the output canvas (28 for MNIST-style models).
+        fit_box: side of the square the digit's bounding box is scaled into (20).
+
+    Returns:
+        ``uint8`` array of shape ``(input_size, input_size)``; all zeros if there is no ink.
+    """
+    if ink.ndim != 2:
+        raise ValueError(f"normalize_digit expects a 2-D image, got shape {ink.shape}")
+    img = ink.astype(np.float32, copy=False)
+    peak = float(img.max()) if img.size else 0.0
+    out = np.zeros((input_size, input_size), np.uint8)
+    if peak <= 0.0:
+        return out
+    img = img * (255.0 / peak) if ink.dtype != np.uint8 or peak < 255 else img
+    ys, xs = np.nonzero(img > INK_FRACTION * 255.0)
+    if ys.size == 0:
+        return out
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = img[y0:y1, x0:x1]
+    h, w = box.shape
+    scale = fit_box / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    small = cv2.resize(box, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else box
+    small = np.clip(small, 0.0, 255.0)
+    total = float(small.sum())
+    if total <= 0.0:
+        return out
+    # Centre of mass of the scaled digit, then the offset that puts it at the canvas centre.
+    cy = float((small.sum(axis=1) * np.arange(nh)).sum()) / total
+    cx = float((small.sum(axis=0) * np.arange(nw)).sum()) / total
+    top = int(round((input_size - 1) / 2.0 - cy))
+    left = int(round((input_size - 1) / 2.0 - cx))
+    top = min(max(top, 0), input_size - nh)
+    left = min(max(left, 0), input_size - nw)
+    out[top : top + nh, left : left + nw] = np.rint(small).astype(np.uint8)
+    return out
+
+
+def normalize_batch(images: np.ndarray) -> np.ndarray:
+    """Apply :func:`normalize_digit` to a stack ``(N, H, W)``; returns ``(N, 28, 28)`` uint8."""
+    return np.stack([normalize_digit(im) for im in images]) if len(images) else np.zeros(
+        (0, INPUT_SIZE, INPUT_SIZE), np.uint8
+    )

@@ -1,0 +1,175 @@
+"""Typed immutable records that cross every stage boundary.
+
+``Page → RegisteredPage → FieldCrop → DigitPrediction → FieldResult``; ``PageRecord`` and
+``ErrorRecord`` account for every input page. ``FieldResult``, ``DigitRecord``,
+``PageRecord`` and ``ErrorRecord`` are the rows of the Parquet tables (see docs/SCHEMA.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """Identifies one page of one input file."""
+
+    source: str  # path as given/discovered (relative to the input root when possible)
+    file_sha256: str
+    page: int  # 0-based page index inside the file
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A decoded page: grayscale uint8 image (ink dark on light paper)."""
+
+    key: PageKey
+    image: np.ndarray = field(repr=False, compare=False)
+    dpi: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPage:
+    """A page aligned to its template: ``image`` is in template pixel coordinates."""
+
+    key: PageKey
+    template_id: str
+    image: np.ndarray = field(repr=False, compare=False)
+    homography: tuple[float, ...]  # 3x3 row-major, template px -> source px
+    score: float  # registration quality in [0, 1]
+    orientation: int  # rotation (degrees, 0/90/180/270) that was undone
+    method: str  # "marks" or "features"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCrop:
+    """One digit position of one field, normalized to the model contract."""
+
+    key: PageKey
+    template_id: str
+    field: str
+    kind: str  # boxes | comb | date | string
+    position: int  # digit index inside the field (0-based); for string fields a candidate id
+    bbox: tuple[int, int, int, int]  # x, y, w, h in template pixel coordinates
+    pixels: np.ndarray = field(repr=False, compare=False)  # (28, 28) uint8, white ink on black
+    empty: bool = False
+    flags: tuple[str, ...] = ()  # segmentation doubts, e.g. ("touching", "overrun")
+    # string fields: connected groups are numbered left to right (``group``); a group that
+    # may hold several touching digits is offered as alternative splits, ``split`` = the
+    # number of pieces in this hypothesis (0 = the only reading). Recognition keeps, per
+    # group, the split whose pieces the model reads most confidently.
+    group: int = 0
+    split: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DigitPrediction:
+    """The model's calibrated reading of one crop."""
+
+    crop: FieldCrop
+    digit: int
+    confidence: float
+    probs: tuple[float, ...]  # 10 calibrated probabilities
+
+
+@dataclass(frozen=True, slots=True)
+class FieldResult:
+    """One field of one page: the row of the ``fields`` Parquet table."""
+
+    run_id: str
+    source: str
+    file_sha256: str
+    page: int
+    template_id: str
+    field: str
+    kind: str
+    value: str | None
+    raw_value: str | None  # reading before validation-aware correction
+    confidence: float
+    status: str  # accepted | needs_review | empty
+    reasons: tuple[str, ...]
+    corrected: bool
+    alternatives: tuple[str, ...]  # next most probable valid readings
+    alternative_confidences: tuple[float, ...]
+    n_digits: int
+    model_version: str
+    seconds: float
+
+    def to_row(self) -> dict[str, Any]:
+        """Plain dict for Parquet (tuples become lists)."""
+        row = asdict(self)
+        for k, v in row.items():
+            if isinstance(v, tuple):
+                row[k] = list(v)
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class DigitRecord:
+    """One digit crop with its reading: the row of the ``digits`` Parquet table."""
+
+    run_id: str
+    source: str
+    file_sha256: str
+    page: int
+    field: str
+    position: int
+    x: int
+    y: int
+    w: int
+    h: int
+    digit: int
+    confidence: float
+    top3_digits: tuple[int, ...]
+    top3_probs: tuple[float, ...]
+    crop_png: bytes = field(repr=False)
+
+    def to_row(self) -> dict[str, Any]:
+        """Plain dict for Parquet."""
+        row = asdict(self)
+        row["top3_digits"] = list(self.top3_digits)
+        row["top3_probs"] = list(self.top3_probs)
+        return row
+
+
+@dataclass(frozen=True, slots=True)
+class PageRecord:
+    """One input page's outcome: the row of the ``pages`` Parquet table."""
+
+    run_id: str
+    source: str
+    file_sha256: str
+    page: int
+    template_id: str | None
+    registration_score: float
+    orientation: int
+    method: str | None
+    status: str  # read | unregistered | error
+    n_fields: int
+    seconds: float
+
+    def to_row(self) -> dict[str, Any]:
+        """Plain dict for Parquet."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """A file or page that could not be processed: the row of the ``errors`` table."""
+
+    run_id: str
+    source: str
+    file_sha256: str | None
+    page: int | None  # None when the whole file failed
+    error_type: str  # FormdigitsError.code
+    message: str
+    hint: str
+
+    def to_row(self) -> dict[str, Any]:
+        """Plain dict for Parquet."""
+        return asdict(self)
