@@ -67,6 +67,9 @@ class FormField(BaseModel):
     max_digits: int = Field(12, ge=1, le=40, description="string: most digits expected.")
     required: bool = True
     validation: Validation = Validation()
+    # Printing only (pipeline/render.py); additive keys with defaults, old YAML stays valid.
+    separator: Literal["/", ".", "-"] = Field("/", description="date: printed separator.")
+    label_pos: Literal["above", "left"] = Field("above", description="Where the label prints.")
 
     @model_validator(mode="after")
     def _check_kind(self) -> FormField:

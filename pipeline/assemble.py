@@ -1,0 +1,174 @@
+"""Turn one page's crops and CNN probabilities into its table rows.
+
+Per template field: pick the crops that make the reading (for string fields, the most
+confident split of each touching group), ask ``validate.decide_field`` for the value and
+status, and build the ``FieldResult`` / ``DigitRecord`` / ``PageRecord`` / ``ErrorRecord``
+rows. Pure functions of their inputs, run in the main process after the CNN.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from pipeline.records import DigitRecord, ErrorRecord, FieldCrop, FieldResult, PageRecord
+from pipeline.settings import RunSettings
+from pipeline.templates import FormField, Template
+
+if TYPE_CHECKING:
+    from pipeline.recognize import PageWork
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class PageOutcome:
+    """All rows produced by one page, plus its stage timings (seconds)."""
+
+    source: str
+    file_sha256: str
+    page: int
+    record: PageRecord
+    fields: tuple[FieldResult, ...]
+    digits: tuple[DigitRecord, ...]
+    errors: tuple[ErrorRecord, ...]
+    timings: dict[str, float]
+
+
+def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
+    """Indices (into ``crops``/``probs``) of the crops that form the reading, in order.
+
+    ``crops`` are one field's non-empty crops and ``probs`` their rows. For string fields
+    each connected group keeps the split hypothesis whose pieces have the highest mean
+    log max-probability; groups are read left to right, pieces by x.
+    """
+    if not crops:
+        return []
+    if crops[0].kind != "string":
+        return sorted(range(len(crops)), key=lambda i: crops[i].position)
+    by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, c in enumerate(crops):
+        by_group[c.group][c.split].append(i)
+    chosen: list[int] = []
+    for g in sorted(by_group):
+        splits = by_group[g]
+        best = max(sorted(splits), key=lambda s: _split_score(probs[splits[s]]))
+        chosen.extend(sorted(splits[best], key=lambda i: (crops[i].bbox[0], crops[i].position)))
+    return chosen
+
+
+def _split_score(p: np.ndarray) -> float:
+    return float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS)))) if len(p) else -np.inf
+
+
+def crop_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a 28x28 crop (lossless, ~200 bytes)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels, dtype=np.uint8))
+    if not ok:
+        raise ValueError("cv2.imencode failed for a crop")
+    return bytes(buf.tobytes())
+
+
+def _digit_row(work: PageWork, run_id: str, crop: FieldCrop, position: int,
+               p: np.ndarray) -> DigitRecord:
+    top = np.argsort(-p, kind="stable")[:3]
+    x, y, w, h = crop.bbox
+    return DigitRecord(
+        run_id=run_id, source=work.item.source, file_sha256=work.item.file_sha256,
+        page=work.item.page, field=crop.field, position=position, x=int(x), y=int(y),
+        w=int(w), h=int(h), digit=int(top[0]), confidence=float(p[top[0]]),
+        top3_digits=tuple(int(d) for d in top), top3_probs=tuple(float(p[d]) for d in top),
+        crop_png=crop_png(crop.pixels),
+    )
+
+
+def read_field(
+    work: PageWork, ff: FormField, crops: Sequence[FieldCrop], probs: np.ndarray,
+    settings: RunSettings, run_id: str, model_version: str, seconds: float,
+) -> tuple[FieldResult, list[DigitRecord]]:
+    """Decide one field from its crops (empty ones included) and their probabilities."""
+    from pipeline.validate import decide_field
+
+    nonempty = [i for i, c in enumerate(crops) if not c.empty]
+    sub = probs[nonempty] if nonempty else np.zeros((0, 10), np.float32)
+    picked = choose_crops([crops[i] for i in nonempty], sub)
+    used = [crops[nonempty[j]] for j in picked]
+    flags = sorted({f for c in (*used, *(c for c in crops if c.empty)) for f in c.flags})
+    decision = decide_field(ff, sub[picked], settings.review_below, flags)
+    string = ff.kind == "string"
+    digits = [
+        _digit_row(work, run_id, c, k if string else c.position, sub[j])
+        for k, (j, c) in enumerate(zip(picked, used, strict=True))
+    ]
+    result = FieldResult(
+        run_id=run_id, source=work.item.source, file_sha256=work.item.file_sha256,
+        page=work.item.page, template_id=work.template_id or "", field=ff.name, kind=ff.kind,
+        value=decision.value, raw_value=decision.raw_value,
+        confidence=float(decision.confidence), status=decision.status,
+        reasons=tuple(decision.reasons), corrected=bool(decision.corrected),
+        alternatives=tuple(decision.alternatives),
+        alternative_confidences=tuple(float(c) for c in decision.alternative_confidences),
+        n_digits=len(used), model_version=model_version, seconds=seconds,
+    )
+    return result, digits
+
+
+def assemble_page(
+    work: PageWork, probs: np.ndarray, templates: Mapping[str, Template],
+    settings: RunSettings, run_id: str, model_version: str, cnn_seconds: float,
+) -> PageOutcome:
+    """All rows of one page; ``probs`` rows align with ``work.nonempty()``."""
+    t0 = time.perf_counter()
+    timings = {**work.timings, "cnn": cnn_seconds}
+    fields: list[FieldResult] = []
+    digits: list[DigitRecord] = []
+    errors: list[ErrorRecord] = []
+    status = work.status
+    template = templates.get(work.template_id or "")
+    if work.status == "read" and template is not None:
+        spent = sum(timings.values())
+        per_field = spent / max(1, len(template.fields))
+        full = np.zeros((len(work.crops), 10), np.float32)
+        full[[i for i, c in enumerate(work.crops) if not c.empty]] = probs
+        try:
+            for ff in template.fields:
+                idx = [i for i, c in enumerate(work.crops) if c.field == ff.name]
+                res, digs = read_field(work, ff, [work.crops[i] for i in idx], full[idx],
+                                       settings, run_id, model_version, per_field)
+                fields.append(res)
+                digits.extend(digs)
+        except Exception as exc:  # one bad page must not stop the batch
+            fields, digits, status = [], [], "error"
+            errors.append(_error(work, run_id, "internal",
+                                 f"{type(exc).__name__} while reading fields: {exc}",
+                                 "This is a formdigits bug; please report it."))
+    elif work.error is not None:
+        errors.append(_error(work, run_id, work.error.error_type, work.error.message,
+                             work.error.hint))
+    else:  # registered to a template this run does not know: cannot happen unless a bug
+        status = "error"
+        errors.append(_error(work, run_id, "internal",
+                             f"page registered to unknown template '{work.template_id}'",
+                             "This is a formdigits bug; please report it."))
+    timings["assemble"] = time.perf_counter() - t0
+    record = PageRecord(
+        run_id=run_id, source=work.item.source, file_sha256=work.item.file_sha256,
+        page=work.item.page, template_id=work.template_id,
+        registration_score=float(work.registration_score), orientation=int(work.orientation),
+        method=work.method, status=status, n_fields=len(fields),
+        seconds=float(sum(timings.values())),
+    )
+    return PageOutcome(work.item.source, work.item.file_sha256, work.item.page, record,
+                       tuple(fields), tuple(digits), tuple(errors), timings)
+
+
+def _error(work: PageWork, run_id: str, error_type: str, message: str, hint: str) -> ErrorRecord:
+    return ErrorRecord(run_id=run_id, source=work.item.source,
+                       file_sha256=work.item.file_sha256, page=work.item.page,
+                       error_type=error_type, message=message, hint=hint)

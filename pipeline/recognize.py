@@ -1,0 +1,266 @@
+"""Recognition loop: worker processes prepare pages, the main process batches the CNN.
+
+A torch ``Dataset`` over ``(file, page)`` items does decode → register → segment inside
+DataLoader workers and hands back a small picklable :class:`PageWork` (28x28 crops plus
+registration facts, or the error that stopped the page; a bad file never raises out of a
+worker). The main process pools crops ACROSS pages into exact batches of
+``settings.batch_size`` for the predictor, then emits each page's records in input order
+as soon as all its crops are read, so memory stays flat however many pages there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.assemble import PageOutcome, assemble_page
+from pipeline.errors import FormdigitsError, RegistrationError
+from pipeline.records import FieldCrop, RegisteredPage
+from pipeline.settings import RunSettings
+from pipeline.templates import Template
+
+log = logging.getLogger(__name__)
+
+
+class ProbaModel(Protocol):
+    """What recognition needs from ``models.predictor.Predictor``."""
+
+    model_version: str
+
+    def predict_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities ``(N, 10)`` for uint8 crops ``(N, 28, 28)``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageItem:
+    """One page to read: the file, its identity, and the page index."""
+
+    path: str
+    source: str
+    file_sha256: str
+    page: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a page could not be read (becomes an ``errors`` row)."""
+
+    error_type: str
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageWork:
+    """What a worker sends back for one page (picklable, a few KiB)."""
+
+    item: PageItem
+    status: str  # read | unregistered | error
+    template_id: str | None = None
+    registration_score: float = 0.0
+    orientation: int = 0
+    method: str | None = None
+    crops: tuple[FieldCrop, ...] = ()
+    error: ErrorInfo | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    debug_reg: RegisteredPage | None = None  # only with --debug: the picture needs the page
+
+    def nonempty(self) -> list[FieldCrop]:
+        """Crops the CNN must read (empty boxes are not sent to the model)."""
+        return [c for c in self.crops if not c.empty]
+
+
+def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSettings) -> PageWork:
+    """Decode, register and segment one page; every failure becomes ``PageWork.error``."""
+    from pipeline.ingest import load_page
+    from pipeline.register import register_page
+    from pipeline.segment import segment_page
+
+    timings: dict[str, float] = {}
+    stage = "decode"
+    t0 = time.perf_counter()
+    try:
+        page = load_page(Path(item.path), item.page, settings.limits, settings.pdf_dpi,
+                         source=item.source, sha256=item.file_sha256)
+        timings["decode"] = _lap(t0)
+        stage, t0 = "register", time.perf_counter()
+        reg = register_page(page, templates, settings.min_registration_score)
+        timings["register"] = _lap(t0)
+        stage, t0 = "segment", time.perf_counter()
+        template = next(t for t in templates if t.id == reg.template_id)
+        crops = tuple(segment_page(reg, template))
+        timings["segment"] = _lap(t0)
+    except RegistrationError as exc:
+        timings[stage] = _lap(t0)
+        return PageWork(item, "unregistered", error=error_info(exc), timings=timings)
+    except Exception as exc:  # a worker must never die on one bad page
+        timings[stage] = _lap(t0)
+        return PageWork(item, "error", error=error_info(exc, stage), timings=timings)
+    return PageWork(
+        item, "read", template_id=reg.template_id, registration_score=float(reg.score),
+        orientation=int(reg.orientation), method=reg.method, crops=crops, timings=timings,
+        debug_reg=reg if settings.debug_dir else None,
+    )
+
+
+def debug_picture(debug_dir: str, work: PageWork, template: Template,
+                  outcome: PageOutcome) -> None:
+    """Write the ``--debug`` picture of a read page (best effort: warns on failure)."""
+    if work.debug_reg is None:
+        return
+    from pipeline.debug import write_debug
+
+    name = work.item.source.strip("/").replace("/", "__").replace("\\", "__")
+    path = Path(debug_dir) / f"{name}.p{work.item.page:03d}.png"
+    try:
+        write_debug(path, work.debug_reg, template, work.crops,
+                    {f.field: f.value or "" for f in outcome.fields})
+    except Exception as exc:  # a debug picture must never cost the page its reading
+        log.warning("debug picture for %s page %d failed: %s", work.item.source,
+                    work.item.page, exc)
+
+
+def error_info(exc: BaseException, stage: str = "") -> ErrorInfo:
+    """An exception as error-row facts (unknown exceptions are reported as ``internal``)."""
+    if isinstance(exc, FormdigitsError):
+        return ErrorInfo(exc.code, str(exc), exc.hint)
+    where = f" during {stage}" if stage else ""
+    return ErrorInfo(
+        "internal", f"{type(exc).__name__}{where}: {exc}",
+        "This is a formdigits bug; please report it with the file if you can share it.",
+    )
+
+
+def _lap(t0: float) -> float:
+    return time.perf_counter() - t0
+
+
+class PageDataset(Dataset[PageWork]):
+    """Map-style dataset: item ``i`` is :func:`prepare_page` of ``items[i]``."""
+
+    def __init__(self, items: Sequence[PageItem], templates: Sequence[Template],
+                 settings: RunSettings) -> None:
+        """Keep what workers need (all picklable)."""
+        self.items = list(items)
+        self.templates = list(templates)
+        self.settings = settings
+
+    def __len__(self) -> int:
+        """Number of pages."""
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PageWork:
+        """Prepare one page (runs inside a worker process)."""
+        return prepare_page(self.items[index], self.templates, self.settings)
+
+
+def _keep(x: Any) -> Any:
+    # Module-level (picklable) identity collate: records travel as they are.
+    return x
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One thread per worker: the parallelism is the worker count, not BLAS/OpenCV threads.
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_main_threads(workers: int) -> int:
+    """Give the main process (the CNN) the cores the workers leave free; returns that."""
+    n = max(1, available_cores() - workers)
+    torch.set_num_threads(n)
+    return n
+
+
+def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
+               settings: RunSettings) -> Iterable[PageWork]:
+    """Prepared pages in input order (in worker processes when ``settings.workers`` > 0)."""
+    dataset = PageDataset(items, templates, settings)
+    if settings.workers == 0 or len(items) <= 1:
+        return (dataset[i] for i in range(len(dataset)))
+    # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
+    return DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=min(settings.workers, len(items)),
+        collate_fn=_keep, worker_init_fn=_worker_init, persistent_workers=False,
+        prefetch_factor=4,
+    )
+
+
+@dataclass
+class _Slot:
+    work: PageWork
+    probs: np.ndarray
+    todo: int
+    cnn_seconds: float = 0.0
+
+
+def recognize(
+    works: Iterable[PageWork], predictor: ProbaModel, templates: Sequence[Template],
+    settings: RunSettings, run_id: str,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> Iterator[PageOutcome]:
+    """Read every crop with the CNN in cross-page batches; yield pages in input order."""
+    by_id = {t.id: t for t in templates}
+    bs = settings.batch_size
+    pending: deque[_Slot] = deque()
+    queue: deque[tuple[_Slot, int, np.ndarray]] = deque()
+
+    def run_batch(n: int) -> None:
+        batch = [queue.popleft() for _ in range(n)]
+        t = torch.from_numpy(np.stack([px for _, _, px in batch]))
+        device = getattr(predictor, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            t = t.pin_memory()  # page-locked host memory: faster, asynchronous H2D copy
+        t0 = time.perf_counter()
+        probs = predictor.predict_tensor(t)
+        probs_np = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) \
+            else np.asarray(probs)
+        dt = time.perf_counter() - t0
+        for (slot, row, _), p in zip(batch, probs_np, strict=True):
+            slot.probs[row] = p
+            slot.todo -= 1
+            slot.cnn_seconds += dt / n
+        if on_batch is not None:
+            on_batch(n, dt)
+
+    def ready() -> Iterator[PageOutcome]:
+        while pending and pending[0].todo == 0:
+            s = pending.popleft()
+            out = assemble_page(s.work, s.probs, by_id, settings, run_id,
+                                predictor.model_version, s.cnn_seconds)
+            if settings.debug_dir and s.work.template_id in by_id:
+                debug_picture(settings.debug_dir, s.work, by_id[s.work.template_id], out)
+            yield out
+
+    for work in works:
+        crops = work.nonempty()
+        slot = _Slot(work, np.zeros((len(crops), 10), np.float32), len(crops))
+        pending.append(slot)
+        queue.extend((slot, i, c.pixels) for i, c in enumerate(crops))
+        while len(queue) >= bs:
+            run_batch(bs)
+        yield from ready()
+    while queue:
+        run_batch(min(bs, len(queue)))
+    yield from ready()

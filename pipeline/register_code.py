@@ -1,0 +1,219 @@
+"""Per-template references for registration: blank, code strip, features, scores.
+
+Everything that depends only on a template (its rendered blank, the expected code bits,
+ORB features of the blank) is computed once per process and cached. The strip's layout
+and expected cell states come from :func:`pipeline.render.code_strip_mm`, so the encoding
+lives in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.templates import MM_PER_INCH, WORK_DPI, Template
+
+DET_DPI = 75.0  # detection copy (marks, features): marks are ~24 px wide here
+STRUCT_DPI = 25.0
+ECC_DPI = 50.0  # fine alignment of the features fallback  # printed-structure comparison copy
+_GRID = np.linspace(0.25, 0.75, 5)  # sample the inner half of a cell: robust to pose error
+
+
+def resize_matrix(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> np.ndarray:
+    """3x3 matrix taking pixel coordinates of an image to those of its resized copy."""
+    fx = dst_shape[1] / src_shape[1]
+    fy = dst_shape[0] / src_shape[0]
+    # Pixel centres: x' + 0.5 = (x + 0.5) * f, as cv2.resize samples.
+    return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]], np.float64)
+
+
+def similarity_rms(src: np.ndarray, dst: np.ndarray) -> float:
+    """RMS residual (dst units) of the best similarity transform src -> dst."""
+    zs = src[:, 0] + 1j * src[:, 1]
+    zd = dst[:, 0] + 1j * dst[:, 1]
+    a = np.stack([zs, np.ones_like(zs)], axis=1)
+    coef, *_ = np.linalg.lstsq(a, zd, rcond=None)
+    res = zd - a @ coef
+    return float(np.sqrt(np.mean(np.abs(res) ** 2)))
+
+
+def orientation_of(h: np.ndarray) -> int:
+    """Rotation (0/90/180/270, clockwise as seen in the scan) that the homography undoes."""
+    p = cv2.perspectiveTransform(np.array([[[500.0, 500.0], [600.0, 500.0]]]), h)[0]
+    ang = math.degrees(math.atan2(p[1, 1] - p[0, 1], p[1, 0] - p[0, 0]))
+    return int(round(ang / 90.0)) * 90 % 360
+
+
+def _sample(img: np.ndarray, h: np.ndarray, rects: Sequence[tuple[float, ...]]) -> np.ndarray:
+    """Mean gray of the inner half of each template-px rect, seen through ``h``."""
+    if not rects:
+        return np.zeros(0, np.float32)
+    r = np.asarray(rects, np.float64)
+    gx, gy = np.meshgrid(_GRID, _GRID)
+    xs = r[:, 0:1] + r[:, 2:3] * gx.ravel()[None, :]
+    ys = r[:, 1:2] + r[:, 3:4] * gy.ravel()[None, :]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)[None].astype(np.float64)
+    q = cv2.perspectiveTransform(pts, h)[0]
+    hh, ww = img.shape
+    xi = np.clip(np.rint(q[:, 0]), 0, ww - 1).astype(np.intp)
+    yi = np.clip(np.rint(q[:, 1]), 0, hh - 1).astype(np.intp)
+    inside = (q[:, 0] >= 0) & (q[:, 0] < ww) & (q[:, 1] >= 0) & (q[:, 1] < hh)
+    vals = np.where(inside, img[yi, xi].astype(np.float32), 255.0)
+    return vals.reshape(len(r), -1).mean(axis=1)
+
+
+def _ring(cells: Sequence[tuple[float, float, float, float]]) -> list[tuple[float, ...]]:
+    """Small rects beside and just above the code strip: paper-level reference.
+
+    Below the strip is the title, so the frame stays above it and at its two ends.
+    """
+    x0 = min(c[0] for c in cells)
+    y0 = min(c[1] for c in cells)
+    x1 = max(c[0] + c[2] for c in cells)
+    y1 = max(c[1] + c[3] for c in cells)
+    s = min(min(c[2], c[3]) for c in cells)
+    out: list[tuple[float, ...]] = []
+    n = max(4, int((x1 - x0) / s) + 1)
+    for i in range(n + 1):
+        out.append((x0 + (x1 - x0 - 0.5 * s) * i / n, y0 - 0.9 * s, s * 0.5, s * 0.5))
+    for yy in np.linspace(y0, y1 - 0.5 * s, 3):
+        out.append((x0 - 1.5 * s, float(yy), s * 0.5, s * 0.5))
+        out.append((x1 + 1.0 * s, float(yy), s * 0.5, s * 0.5))
+    return out
+
+
+@dataclass
+class TemplateRef:
+    """What registration needs to know about one template (built once, then cached)."""
+
+    template: Template
+    size_px: tuple[int, int]
+    marks_px: np.ndarray  # (4, 2) mark centres, template px: TL, TR, BR, BL
+    mark_rects: list[tuple[float, ...]]
+    cells_px: list[tuple[float, float, float, float]]
+    ring_px: list[tuple[float, ...]]
+    code_bits: np.ndarray  # expected dark cells (bool)
+    struct: np.ndarray  # blank at STRUCT_DPI, zero mean, unit norm
+    blank: np.ndarray = field(repr=False)
+    _features: tuple[Any, Any, np.ndarray] | None = None
+    _ecc: np.ndarray | None = None
+
+    def features(self) -> tuple[Any, Any, np.ndarray]:
+        """ORB keypoints/descriptors of the blank at DET_DPI, and template px -> those px."""
+        if self._features is None:
+            f = DET_DPI / WORK_DPI
+            small = cv2.resize(self.blank, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+            orb = cv2.ORB_create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
+            kp, des = orb.detectAndCompute(small, None)
+            self._features = (kp, des, resize_matrix(self.blank.shape, small.shape))
+        return self._features
+
+    def ecc_blank(self) -> np.ndarray:
+        """The blank at ECC_DPI (cached)."""
+        if self._ecc is None:
+            f = ECC_DPI / WORK_DPI
+            self._ecc = cv2.resize(self.blank, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        return self._ecc
+
+    def read_code(self, img: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        """Dark/light bits of the code cells of ``img`` seen through ``h`` (None: unreadable)."""
+        cells = _sample(img, h, self.cells_px)
+        # Every strip has filled cells (the start bar), so its darkest cell is the ink
+        # level; the marks are not used because one may be off the page.
+        dark = float(cells.min())
+        paper = float(np.percentile(_sample(img, h, self.ring_px), 75))
+        if paper - dark < 60.0:
+            return None
+        return cells < (paper + dark) / 2.0
+
+
+_CACHE: dict[str, TemplateRef] = {}
+_LOCK = threading.Lock()
+
+
+def _to_struct(img: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    f = STRUCT_DPI / WORK_DPI
+    if shape is None:
+        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    else:
+        small = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    s = (255.0 - small.astype(np.float32))
+    s -= float(s.mean())
+    n = float(np.linalg.norm(s))
+    return s / n if n > 0 else s
+
+
+def template_ref(t: Template) -> TemplateRef:
+    """The cached reference of template ``t`` (renders its blank on first use)."""
+    key = t.model_dump_json()
+    with _LOCK:
+        ref = _CACHE.get(key)
+    if ref is not None:
+        return ref
+    from pipeline.render import code_strip_mm, render_blank
+
+    blank = render_blank(t, dpi=WORK_DPI, color=False)
+    if blank.ndim == 3:
+        # Same conversion as ingest: the red channel drops the dropout-coloured boxes.
+        blank = blank[:, :, 2] if blank.shape[2] == 3 else blank[:, :, 0]
+    blank = np.ascontiguousarray(blank, dtype=np.uint8)
+    px = t.px
+    marks = np.array([(px(x), px(y)) for x, y in t.mark_centers_mm()], np.float64) - 0.5
+    s = px(t.marks.size_mm)
+    mark_rects = [(x - s / 2, y - s / 2, s, s) for x, y in marks]
+    strip = code_strip_mm(t)
+    cells = [(px(x) - 0.5, px(y) - 0.5, px(w), px(h)) for (x, y, w, h), _ in strip]
+    ref = TemplateRef(
+        template=t,
+        size_px=(blank.shape[1], blank.shape[0]),
+        marks_px=marks,
+        mark_rects=mark_rects,
+        cells_px=cells,
+        ring_px=_ring(cells),
+        # Every cell, guards included: read upside down, the guards cannot match.
+        code_bits=np.array([bool(v) for _, v in strip]),
+        struct=_to_struct(blank),
+        blank=blank,
+    )
+    with _LOCK:
+        _CACHE[key] = ref
+    return ref
+
+
+def code_match(
+    img: np.ndarray, h: np.ndarray, ref: TemplateRef, refs: Sequence[TemplateRef]
+) -> tuple[float, bool]:
+    """How well the code read through ``h`` matches ``ref`` (score, accepted).
+
+    Accepted: an exact match, or one wrong cell when no other template's code is within
+    two cells (a stain over one cell must not turn one form into another).
+    """
+    bits = ref.read_code(img, h)
+    n = len(ref.code_bits)
+    if bits is None or n == 0 or not ref.code_bits.any():
+        return 0.0, False
+    d = int(np.count_nonzero(bits != ref.code_bits))
+    others = [
+        int(np.count_nonzero(bits != r.code_bits))
+        for r in refs
+        if r is not ref and len(r.code_bits) == n
+    ]
+    ok = d == 0 or (d == 1 and n >= 8 and all(o >= 3 for o in others))
+    return max(0.0, 1.0 - 2.0 * d / n), ok
+
+
+def structure_ncc(warped: np.ndarray, ref: TemplateRef) -> float:
+    """Normalized cross-correlation of the warped page's ink with the blank's (-1..1)."""
+    return float((_to_struct(warped, ref.struct.shape) * ref.struct).sum())
+
+
+def mark_span_px(t: Template, dpi: float) -> float:
+    """Distance between the top-left and bottom-right mark centres at ``dpi``."""
+    m = t.mark_centers_mm()
+    return math.hypot(m[2][0] - m[0][0], m[2][1] - m[0][1]) * dpi / MM_PER_INCH

@@ -1,0 +1,423 @@
+"""Export results for people: a flat table (CSV/XLSX) and review sheets (XLSX).
+
+Layout choice: ONE flat ``fields`` table, one row per form page, with the union of the
+columns of every template in the results (``<field>``, ``<field>_confidence``,
+``<field>_status``), ordered template by template as the fields appear on the form. A
+user filters by the ``template`` column; one table is what pivoting, database import and
+CSV need, and a field name shared by templates (``date``) stays one column.
+
+The XLSX adds ``review`` (every needs_review field with its reassembled image, reading,
+alternatives, reasons and empty ``correction``/``reviewer`` cells), ``doubtful_digits``
+(the least confident digits grouped by predicted class, one correction cell per digit) and
+``readme``. Hidden ``key`` cells (file sha256 | page | field | position) make the import
+unambiguous whatever the reviewer sorts or hides.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from openpyxl import Workbook
+from openpyxl.drawing.image import Image as XLImage
+from openpyxl.formatting.rule import FormulaRule
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.datavalidation import DataValidation
+from openpyxl.worksheet.worksheet import Worksheet
+
+from pipeline.errors import FormdigitsError, OutputError, UsageError
+from pipeline.review import (
+    WHOLE_FIELD,
+    crop_index,
+    encode_png,
+    field_strip,
+    latest,
+    latest_digits,
+    latest_fields,
+    make_key,
+    read_table,
+)
+
+STATUS_ORDER = {"accepted": 0, "empty": 1, "needs_review": 2}
+PAGE_COLUMNS = ["source", "page", "template", "page_status"]
+DIGITS_ONLY = (
+    'SUMPRODUCT(--ISNUMBER(FIND(MID({c},ROW(INDIRECT("1:"&LEN({c}))),1),"0123456789")))=LEN({c})'
+)
+SLOTS_PER_ROW = 6  # doubtful_digits: crops per grid row (3 columns each)
+SCALE = 2  # crops are 28 px; ×2 is readable on screen without blurring
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    path: Path
+    pages: int
+    review_fields: int
+    doubtful_digits: int
+
+
+def _field_order(fields: pd.DataFrame) -> list[str]:
+    """Field names in form order, template by template (table order when unknown)."""
+    from pipeline.templates import load_template
+
+    order: list[str] = []
+    for tid in dict.fromkeys(fields["template_id"].dropna()):
+        names = list(dict.fromkeys(fields.loc[fields["template_id"] == tid, "field"]))
+        try:
+            declared = [f.name for f in load_template(str(tid)).fields]
+            names = [n for n in declared if n in names] + [n for n in names if n not in declared]
+        except FormdigitsError:
+            pass  # a template given by path at run time: keep the table's order
+        order += [n for n in names if n not in order]
+    return order
+
+
+def flat_table(out_dir: str | Path, min_status: str = "accepted") -> pd.DataFrame:
+    """One row per page: page columns, then ``<field>``, ``_confidence``, ``_status``.
+
+    ``min_status`` keeps pages whose worst field status is at least this severe
+    (accepted < empty < needs_review); ``accepted`` keeps every page. Pages that were not
+    registered have no field values and count as needs_review.
+    """
+    if min_status not in STATUS_ORDER:
+        raise UsageError(
+            f"unknown --min-status '{min_status}'", hint=f"Use one of {', '.join(STATUS_ORDER)}."
+        )
+    fields = latest_fields(out_dir)
+    pages = latest(read_table(out_dir, "pages"), ["file_sha256", "page"])
+    names = _field_order(fields) if not fields.empty else []
+    rows: dict[tuple[str, int], dict[str, object]] = {}
+    severity: dict[tuple[str, int], int] = {}
+    for p in pages.itertuples():
+        k = (str(p.file_sha256), int(p.page))
+        rows[k] = {
+            "source": p.source,
+            "page": int(p.page),
+            "template": p.template_id,
+            "page_status": p.status,
+        }
+        severity[k] = 0 if p.status == "read" else STATUS_ORDER["needs_review"]
+    for f in fields.itertuples():
+        k = (str(f.file_sha256), int(f.page))
+        row = rows.setdefault(
+            k,
+            {
+                "source": f.source,
+                "page": int(f.page),
+                "template": f.template_id,
+                "page_status": "read",
+            },
+        )
+        row[str(f.field)] = "" if f.value is None else str(f.value)
+        row[f"{f.field}_confidence"] = float(f.confidence)
+        row[f"{f.field}_status"] = str(f.status)
+        severity[k] = max(severity.get(k, 0), STATUS_ORDER.get(str(f.status), 2))
+    columns = PAGE_COLUMNS + [c for n in names for c in (n, f"{n}_confidence", f"{n}_status")]
+    keep = [k for k in rows if severity[k] >= STATUS_ORDER[min_status]]
+    df = pd.DataFrame([rows[k] for k in keep], columns=columns)
+    df["file_sha256"] = [k[0] for k in keep]
+    return df.sort_values(["source", "page"], kind="stable").reset_index(drop=True)
+
+
+def export_results(
+    out_dir: str | Path,
+    dest: str | Path,
+    *,
+    min_status: str = "accepted",
+    doubtful_below: float = 0.9,
+    per_class: int = 30,
+) -> ExportSummary:
+    """Write ``dest`` (``.csv``: the flat table; ``.xlsx``: all sheets)."""
+    dest = Path(dest)
+    suffix = dest.suffix.lower()
+    if suffix not in (".csv", ".xlsx"):
+        raise UsageError(f"cannot export to '{dest.name}'", hint="Name the file .xlsx or .csv.")
+    table = flat_table(out_dir, min_status)
+    if suffix == ".csv":
+        _atomic(dest, lambda tmp: table.to_csv(tmp, index=False))
+        return ExportSummary(dest, len(table), 0, 0)
+    fields = latest_fields(out_dir)
+    digits = latest_digits(out_dir)
+    pages = set(zip(table["file_sha256"], table["page"], strict=True))
+    review = fields[
+        (fields["status"] == "needs_review")
+        & pd.Series(
+            [
+                (s, int(p)) in pages
+                for s, p in zip(fields["file_sha256"], fields["page"], strict=True)
+            ],
+            index=fields.index,
+            dtype=bool,
+        )
+    ]
+    index = crop_index(digits)
+    review_rows = []
+    for f in review.sort_values(["source", "page"], kind="stable").itertuples():
+        _, crops = index.get((str(f.file_sha256), int(f.page), str(f.field)), ([], []))
+        alts = "; ".join(
+            f"{a} ({c:.2f})"
+            for a, c in zip(f.alternatives, f.alternative_confidences, strict=False)
+        )
+        review_rows.append(
+            {
+                "key": make_key(f.file_sha256, int(f.page), str(f.field), WHOLE_FIELD),
+                "source": f.source,
+                "page": int(f.page),
+                "template": f.template_id,
+                "field": f.field,
+                "reading": "" if f.value is None else str(f.value),
+                "confidence": float(f.confidence),
+                "alternatives": alts,
+                "reasons": ", ".join(f.reasons),
+                "image": encode_png(field_strip(crops, SCALE)) if crops else None,
+            }
+        )
+    doubtful = doubtful_digits(digits, doubtful_below, per_class)
+    write_workbook(dest, table, review_rows, doubtful)
+    return ExportSummary(dest, len(table), len(review_rows), sum(len(v) for v in doubtful.values()))
+
+
+def doubtful_digits(
+    digits: pd.DataFrame, below: float, per_class: int
+) -> dict[int, list[dict[str, object]]]:
+    """Per predicted class: the least confident digits under ``below`` (at most ``per_class``)."""
+    out: dict[int, list[dict[str, object]]] = {}
+    if digits.empty:
+        return out
+    low = digits[digits["confidence"] < below].sort_values("confidence", kind="stable")
+    for d, grp in low.groupby("digit", sort=True):
+        out[int(d)] = [
+            {
+                "key": make_key(r.file_sha256, int(r.page), str(r.field), int(r.position)),
+                "confidence": float(r.confidence),
+                "image": encode_png(field_strip([bytes(r.crop_png)], SCALE)),
+                "label": f"{r.source} p{int(r.page)} {r.field}[{int(r.position)}]",
+            }
+            for r in grp.head(per_class).itertuples()
+        ]
+    return out
+
+
+_HEADER_FILL = PatternFill("solid", fgColor="DDE3EA")
+_REVIEW_FILL = PatternFill("solid", fgColor="FFD8A8")
+_EMPTY_FILL = PatternFill("solid", fgColor="EEEEEE")
+_BOLD = Font(bold=True)
+
+
+def _header(ws: Worksheet, names: list[str]) -> None:
+    ws.append(names)
+    for cell in ws[1]:
+        cell.font = _BOLD
+        cell.fill = _HEADER_FILL
+    ws.freeze_panes = "A2"
+
+
+def _append(ws: Worksheet, values: list[object]) -> None:
+    """Append a row; text is always stored as text, never as a formula.
+
+    openpyxl writes any string starting with "=" as a formula: a scan named
+    ``=HYPERLINK(...).png`` must not become live content in the reviewer's Excel.
+    """
+    ws.append(values)
+    for cell in ws[ws.max_row]:
+        if isinstance(cell.value, str) and cell.value.startswith("="):
+            cell.data_type = "s"
+
+
+def _add_image(ws: Worksheet, png: bytes, anchor: str) -> None:
+    img = XLImage(io.BytesIO(png))
+    img.anchor = anchor
+    ws.add_image(img)
+
+
+def _write_fields(ws: Worksheet, table: pd.DataFrame) -> None:
+    cols = list(table.columns)
+    _header(ws, cols)
+    for row in table.itertuples(index=False):
+        _append(ws, [None if (isinstance(v, float) and pd.isna(v)) else v for v in row])
+    last = ws.max_row
+    ws.auto_filter.ref = f"A1:{get_column_letter(len(cols))}{max(last, 1)}"
+    for j, name in enumerate(cols, start=1):
+        letter = get_column_letter(j)
+        ws.column_dimensions[letter].width = max(10, min(40, len(name) + 2))
+        if name.endswith("_confidence"):
+            for (cell,) in ws.iter_rows(min_row=2, min_col=j, max_col=j):
+                cell.number_format = "0.000"
+        elif not name.endswith("_status") and name not in ("page",):
+            # Values are text: keeps the leading zeros of zip codes and account numbers.
+            for (cell,) in ws.iter_rows(min_row=2, min_col=j, max_col=j):
+                cell.number_format = "@"
+    if last < 2:
+        return
+    for j, name in enumerate(cols, start=1):
+        if not name.endswith("_status"):
+            continue
+        st = get_column_letter(j)
+        val = get_column_letter(j - 2)
+        rng = f"{val}2:{st}{last}"
+        ws.conditional_formatting.add(
+            rng, FormulaRule(formula=[f'${st}2="needs_review"'], fill=_REVIEW_FILL)
+        )
+        ws.conditional_formatting.add(
+            rng, FormulaRule(formula=[f'${st}2="empty"'], fill=_EMPTY_FILL)
+        )
+
+
+def _digits_validation(ws: Worksheet, col: str, last: int) -> None:
+    dv = DataValidation(
+        type="custom",
+        formula1=DIGITS_ONLY.format(c=f"{col}2"),
+        allow_blank=True,
+        showErrorMessage=True,
+        errorTitle="Digits only",
+        error="Type the digits exactly as written (0-9, nothing else).",
+    )
+    ws.add_data_validation(dv)
+    dv.add(f"{col}2:{col}{max(last, 2)}")
+
+
+REVIEW_COLUMNS = [
+    "key",
+    "source",
+    "page",
+    "template",
+    "field",
+    "image",
+    "reading",
+    "confidence",
+    "alternatives",
+    "reasons",
+    "correction",
+    "reviewer",
+]
+
+
+def _write_review(ws: Worksheet, rows: list[dict[str, object]]) -> None:
+    _header(ws, REVIEW_COLUMNS)
+    widths = {
+        "key": 10,
+        "source": 28,
+        "page": 6,
+        "template": 12,
+        "field": 14,
+        "reading": 14,
+        "confidence": 11,
+        "alternatives": 32,
+        "reasons": 36,
+        "correction": 14,
+        "reviewer": 12,
+    }
+    max_px = 0
+    for i, r in enumerate(rows, start=2):
+        _append(ws, [r.get(c) if c != "image" else None for c in REVIEW_COLUMNS])
+        ws.cell(i, REVIEW_COLUMNS.index("confidence") + 1).number_format = "0.000"
+        for c in ("reading", "correction"):
+            ws.cell(i, REVIEW_COLUMNS.index(c) + 1).number_format = "@"
+        png = r.get("image")
+        if isinstance(png, bytes):
+            img_col = get_column_letter(REVIEW_COLUMNS.index("image") + 1)
+            _add_image(ws, png, f"{img_col}{i}")
+            w, h = _png_size(png)
+            max_px = max(max_px, w)
+            ws.row_dimensions[i].height = h * 0.75 + 4  # points; 1 px = 0.75 pt
+    for name, w in widths.items():
+        ws.column_dimensions[get_column_letter(REVIEW_COLUMNS.index(name) + 1)].width = w
+    ws.column_dimensions["F"].width = max(12, max_px / 7 + 2)  # ~7 px per character
+    ws.column_dimensions["A"].hidden = True
+    ws.auto_filter.ref = f"A1:{get_column_letter(len(REVIEW_COLUMNS))}{max(ws.max_row, 1)}"
+    _digits_validation(ws, get_column_letter(REVIEW_COLUMNS.index("correction") + 1), ws.max_row)
+
+
+def _write_doubtful(ws: Worksheet, groups: dict[int, list[dict[str, object]]]) -> None:
+    # Each slot is three columns: crop (image, with its confidence as the cell text under
+    # it), correction (one digit), key (hidden). Column A names the predicted class.
+    _header(ws, ["predicted"] + ["crop", "correction", "key"] * SLOTS_PER_ROW)
+    dv = DataValidation(
+        type="whole",
+        operator="between",
+        formula1="0",
+        formula2="9",
+        allow_blank=True,
+        showErrorMessage=True,
+        errorTitle="One digit",
+        error="Type the digit shown (0-9).",
+    )
+    ws.add_data_validation(dv)
+    row = 2
+    for digit, items in sorted(groups.items()):
+        for start in range(0, len(items), SLOTS_PER_ROW):
+            ws.cell(row, 1, f"{digit}" if start == 0 else None).font = _BOLD
+            for s, item in enumerate(items[start : start + SLOTS_PER_ROW]):
+                col = 2 + 3 * s
+                cell = ws.cell(row, col, item["confidence"])
+                cell.number_format = "0.00"
+                cell.alignment = Alignment(vertical="bottom", horizontal="center")
+                png = item["image"]
+                assert isinstance(png, bytes)
+                _add_image(ws, png, cell.coordinate)
+                ws.cell(row, col + 2, str(item["key"]))
+                dv.add(ws.cell(row, col + 1).coordinate)
+            ws.row_dimensions[row].height = 28 * SCALE * 0.75 + 16
+            row += 1
+        row += 1  # blank row between classes
+    ws.column_dimensions["A"].width = 10
+    for s in range(SLOTS_PER_ROW):
+        ws.column_dimensions[get_column_letter(2 + 3 * s)].width = 10
+        ws.column_dimensions[get_column_letter(3 + 3 * s)].width = 10
+        ws.column_dimensions[get_column_letter(4 + 3 * s)].hidden = True
+
+
+README = [
+    "How to review",
+    "review: type the correct digits in 'correction' for each field (leave blank to skip; "
+    "type the reading itself to confirm it). Optionally your name in 'reviewer'.",
+    "doubtful_digits: crops the model was least sure of, grouped by the digit it read. "
+    "Type the true digit in the 'correction' cell next to a crop when it differs (or to confirm).",
+    "Then run: formdigits review import THIS_FILE.xlsx --results OUT --reviewer NAME",
+    "Do not edit the hidden 'key' columns: they tie each cell to its page and field.",
+]
+
+
+def write_workbook(
+    dest: Path,
+    table: pd.DataFrame,
+    review_rows: list[dict[str, object]],
+    doubtful: dict[int, list[dict[str, object]]],
+) -> None:
+    """Write the XLSX (fields, review, doubtful_digits, readme) atomically."""
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.title = "fields"
+    _write_fields(ws, table)
+    _write_review(wb.create_sheet("review"), review_rows)
+    _write_doubtful(wb.create_sheet("doubtful_digits"), doubtful)
+    help_ws = wb.create_sheet("readme")
+    for line in README:
+        help_ws.append([line])
+    help_ws.column_dimensions["A"].width = 120
+    _atomic(dest, wb.save)
+
+
+def _atomic(dest: Path, write: Callable[[Path], object]) -> None:
+    """Write via a temp file in the same folder and rename: no half-written exports."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {dest}: {exc}") from exc
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return im.size

@@ -1,0 +1,163 @@
+"""The batch run, as a table of contents: begin → plan → process chunks → finish.
+
+``process`` does all of it for the CLI. The Prefect flow calls the same pieces: ``begin``
+once (lock, settings, model), ``plan`` once, ``process_chunk`` per group of files (each
+commits its own files), ``finish`` once. Every page of every input ends up in the
+``pages`` or ``errors`` table; a broken file is an error row and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.commit import Committer, Tally
+from pipeline.plan import Plan, WorkItem, plan_files
+from pipeline.recognize import ProbaModel, configure_main_threads, iter_works, recognize
+from pipeline.settings import RunSettings
+from pipeline.store import OutputStore, new_run_id
+from pipeline.templates import Template, load_templates
+
+ProgressFn = Callable[[int], None]  # called with the number of pages just finished
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What one run did (also written to ``OUT/runs/<run_id>.json``)."""
+
+    run_id: str
+    files: int
+    pages: int
+    fields: int
+    accepted: int
+    needs_review: int
+    empty: int
+    errors: int
+    skipped_files: int
+    seconds: float
+    pages_per_s: float
+
+
+@dataclass
+class RunContext:
+    """An open run: the locked output store and what every chunk needs."""
+
+    store: OutputStore
+    settings: RunSettings
+    templates: list[Template]
+    predictor: ProbaModel
+    started: float
+
+    @property
+    def run_id(self) -> str:
+        """This run's id (in every row it writes)."""
+        return self.store.run_id
+
+
+def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = None) -> RunContext:
+    """Validate templates and model, then lock ``out_dir`` and write its settings."""
+    started = time.perf_counter()
+    templates = load_templates(settings.templates)
+    if predictor is None:
+        from models.predictor import Predictor
+
+        predictor = Predictor.load(settings.model, device=settings.device,
+                                   batch_size=settings.batch_size)
+    configure_main_threads(settings.workers)
+    store = OutputStore(Path(out_dir), new_run_id())
+    try:
+        store.write_settings(settings)
+    except Exception:
+        store.close()
+        raise
+    return RunContext(store, settings, templates, predictor, started)
+
+
+def plan(ctx: RunContext, inputs: Sequence[Path]) -> Plan:
+    """Discover inputs and drop those already committed (unless ``force``)."""
+    s = ctx.settings
+    exclude = [ctx.store.out] + ([Path(s.debug_dir)] if s.debug_dir else [])
+    committed = {} if s.force else ctx.store.committed()
+    return plan_files(inputs, s, committed, exclude)
+
+
+def process_chunk(ctx: RunContext, items: Sequence[WorkItem],
+                  progress: ProgressFn | None = None) -> Tally:
+    """Read ``items`` and commit them (in groups); returns what was committed."""
+    committer = Committer(ctx.store, ctx.run_id)
+    for item in items:
+        if item.error is not None:
+            committer.add_file_error(item)
+    readable = [w for w in items if w.error is None]
+    page_items = [p for w in readable for p in w.page_items()]
+    works = iter_works(page_items, ctx.templates, ctx.settings)
+    outcomes = recognize(works, ctx.predictor, ctx.templates, ctx.settings, ctx.run_id)
+    files = iter(readable)
+    current, pages = next(files, None), []
+    for outcome in outcomes:
+        pages.append(outcome)
+        if progress is not None:
+            progress(1)
+        while current is not None and len(pages) == current.pages:
+            committer.add_file(current, pages)
+            current, pages = next(files, None), []
+    committer.flush()
+    return committer.tally
+
+
+def finish(ctx: RunContext, plan_: Plan, tallies: Sequence[Tally]) -> RunSummary:
+    """Write ``OUT/runs/<run_id>.json``, release the lock, and summarize."""
+    t = Tally()
+    for x in tallies:
+        t.files += x.files
+        t.pages += x.pages
+        t.fields += x.fields
+        t.errors += x.errors
+        t.commits += x.commits
+        t.statuses.update(x.statuses)
+        for k, v in x.timings.items():
+            t.timings[k] = t.timings.get(k, 0.0) + v
+    seconds = time.perf_counter() - ctx.started
+    summary = RunSummary(
+        run_id=ctx.run_id, files=t.files, pages=t.pages, fields=t.fields,
+        accepted=t.statuses["accepted"], needs_review=t.statuses["needs_review"],
+        empty=t.statuses["empty"], errors=t.errors, skipped_files=len(plan_.skipped),
+        seconds=round(seconds, 3), pages_per_s=round(t.pages / seconds, 3) if seconds else 0.0,
+    )
+    try:
+        ctx.store.write_json(ctx.store.out / "runs" / f"{ctx.run_id}.json", {
+            **asdict(summary),
+            "commits": t.commits,
+            "stage_seconds": {k: round(v, 4) for k, v in sorted(t.timings.items())},
+            "model_version": ctx.predictor.model_version,
+            "skipped": list(plan_.skipped),
+            "settings": ctx.settings.model_dump(mode="json"),
+        })
+    finally:
+        ctx.store.close()
+    return summary
+
+
+def process(inputs: Sequence[Path], out_dir: Path, settings: RunSettings,
+            progress: Callable[[int, int], None] | None = None,
+            predictor: ProbaModel | None = None) -> RunSummary:
+    """Run the whole batch; ``progress(done_pages, total_pages)`` after every page."""
+    ctx = begin(out_dir, settings, predictor)
+    try:
+        p = plan(ctx, inputs)
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, p.total_pages)
+
+        tick(0)
+        tally = process_chunk(ctx, p.items, tick)
+    except BaseException:
+        ctx.store.close()
+        raise
+    return finish(ctx, p, [tally])

@@ -1,0 +1,292 @@
+"""Segmentation: cut every field of a registered page into digit crops.
+
+Per field: cut the region (with a margin) from the registered page, estimate the paper
+background (grey closing) and turn the page into *ink* (background minus gray, bright on
+dark), binarize it relative to the field's own ink level, remove the printed box walls at
+their known positions (restoring pixels where a stroke crosses a wall), drop specks and
+line residue, then
+
+- ``boxes``/``comb``/``date``: give each box the connected components that lie mostly
+  inside it (their overrun parts included) and decide empty vs written;
+- ``string``: see :mod:`pipeline.segment_string` (groups and split hypotheses).
+
+Every crop's pixels are :func:`pipeline.normalize.normalize_digit` of the extracted ink,
+the same function training uses. :func:`field_pieces` exposes the extracted ink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.normalize import INPUT_SIZE, normalize_digit
+from pipeline.records import FieldCrop, RegisteredPage
+from pipeline.templates import FormField, Template
+
+MARGIN_MM = 3.0
+WALL_TOL_PX = 3  # registration error allowed around a printed wall (template px)
+MIN_INK = 25.0  # lowest ink contrast (0-255) that can count as a stroke
+MIN_SPECK_PX = 8  # components smaller than this are scanner noise
+EMPTY_AREA_PX = 25  # a box holding less ink than this (pixels) is empty
+EMPTY_EXTENT = 0.15  # ... or whose ink spans less than this fraction of the box height
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One digit candidate before normalization: its ink and where it came from."""
+
+    position: int
+    bbox: tuple[int, int, int, int]  # template px
+    ink: np.ndarray = field(repr=False)  # uint8 ink bright on black, cropped
+    empty: bool = False
+    flags: tuple[str, ...] = ()
+    group: int = 0
+    split: int = 0
+
+
+@dataclass(frozen=True)
+class FieldInk:
+    """A field's region after binarization and wall removal (region coordinates)."""
+
+    origin: tuple[int, int]  # template px of the region's top-left corner
+    ink: np.ndarray  # float32 ink (0 = paper)
+    binary: np.ndarray  # uint8 0/1 strokes, walls removed, specks dropped
+    labels: np.ndarray  # int32 component labels of ``binary``
+    stats: np.ndarray  # cv2 component stats
+    walls: np.ndarray  # uint8 0/1: pixels removed as printed walls
+    boxes: list[tuple[int, int, int, int]]  # box rects in region px
+
+
+def _wall_bands(
+    shape: tuple[int, int], boxes: list[tuple[int, int, int, int]], f: FormField
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of where horizontal and vertical printed walls can be (± WALL_TOL_PX)."""
+    hb = np.zeros(shape, np.uint8)
+    vb = np.zeros(shape, np.uint8)
+    t = WALL_TOL_PX + 1
+    for x, y, w, h in boxes:
+        for yy in (y, y + h):
+            hb[max(0, yy - t) : yy + t + 1, max(0, x - t) : x + w + t + 1] = 1
+        for xx in (x, x + w):
+            vb[max(0, y - t) : y + h + t + 1, max(0, xx - t) : xx + t + 1] = 1
+    if f.kind == "date" and len(boxes) > 1:
+        # Printed separators sit between groups, outside the boxes: treat the gaps like walls.
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            if b[0] - (a[0] + a[2]) > 2 * t:
+                vb[a[1] : a[1] + a[3] + 1, a[0] + a[2] : b[0] + 1] = 1
+    return hb, vb
+
+
+def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
+    """Binarized, wall-free ink of field ``f`` of a registered page (template px)."""
+    x, y, w, h = f.bounds_mm()
+    m = MARGIN_MM
+    H, W = image.shape
+    x0, y0 = max(0, int(t.px(x - m))), max(0, int(t.px(y - m)))
+    x1, y1 = min(W, int(np.ceil(t.px(x + w + m)))), min(H, int(np.ceil(t.px(y + h + m))))
+    gray = image[y0:y1, x0:x1]
+    boxes = [
+        (round(t.px(bx)) - x0, round(t.px(by)) - y0, round(t.px(bw)), round(t.px(bh)))
+        for bx, by, bw, bh in f.boxes_mm()
+    ]
+    # Paper level: a grey closing wider than any stroke erases ink (and walls), leaving
+    # the background with its uneven lighting; ink = how much darker than that a pixel is.
+    k = max(9, int(t.px(2.6)) | 1)
+    bg = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    bg = cv2.blur(bg, (k, k))
+    ink = np.clip(bg.astype(np.float32) - gray.astype(np.float32), 0, 255)
+    ink = cv2.GaussianBlur(ink, (3, 3), 0.6)
+    hb, vb = _wall_bands(gray.shape, boxes, f)
+    inner = np.zeros(gray.shape, np.uint8)
+    for bx, by, bw, bh in boxes:
+        inner[by + 2 : by + bh - 1, bx + 2 : bx + bw - 1] = 1
+    inner &= 1 - (hb | vb)
+    # Threshold relative to the field's own strongest ink away from the walls: faint pens
+    # get a low threshold, dark ones a higher one that noise cannot reach.
+    inside_vals = ink[inner > 0]
+    peak = float(np.percentile(inside_vals, 99.7)) if inside_vals.size else 0.0
+    # Hysteresis: strokes must reach the high level somewhere, and then keep their faint
+    # thin parts down to the low level (thin pens lose contrast when scanned small).
+    low = max(MIN_INK, min(60.0, 0.15 * peak))
+    high = max(MIN_INK + 15.0, min(100.0, 0.4 * peak))
+    binary = (ink > low).astype(np.uint8)
+    walls = _remove_walls(binary, ink, hb, vb, boxes)
+    binary &= 1 - walls
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # A faint but sizeable component is a light stroke too (noise never forms big ones).
+    strong = (np.bincount(labels[ink > high], minlength=n) > 0) | (
+        stats[:, cv2.CC_STAT_AREA] >= 4 * MIN_SPECK_PX
+    )
+    bands = (hb | vb).astype(bool)
+    in_band = np.bincount(labels[bands], minlength=n)
+    areas = stats[:, cv2.CC_STAT_AREA]
+    # Specks are noise; components lying (almost) wholly in a wall band are wall residue.
+    keep = strong & (areas >= MIN_SPECK_PX) & (in_band < 0.85 * areas)
+    keep[0] = False
+    binary = keep[labels].astype(np.uint8)
+    labels = np.where(binary > 0, labels, 0).astype(np.int32)
+    return FieldInk((x0, y0), ink, binary, labels, stats, walls, boxes)
+
+
+def _remove_walls(
+    binary: np.ndarray, ink: np.ndarray, hb: np.ndarray, vb: np.ndarray,
+    boxes: list[tuple[int, int, int, int]],
+) -> np.ndarray:
+    """Pixels of printed walls to erase: long straight runs inside the wall bands, minus
+    pixels where a stroke crosses the wall (ink continues on both sides)."""
+    if not boxes:
+        return np.zeros_like(binary)
+    bw = min(b[2] for b in boxes)
+    bh = min(b[3] for b in boxes)
+    # Kernels shorter than any wall but longer than strokes: ~0.45 box width, at most 5 mm
+    # (a long string frame is not one unbroken run after a skewed scan).
+    lh = max(5, int(min(bw * 0.45, 30)))
+    lv = max(5, int(min(bh * 0.3, 30)))
+    open_h = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((1, lh), np.uint8)) & hb
+    open_v = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((lv, 1), np.uint8)) & vb
+    # Thicken by one pixel so the anti-aliased wall edges go too.
+    line_h = cv2.dilate(open_h, np.ones((3, 1), np.uint8)) & hb & binary
+    line_v = cv2.dilate(open_v, np.ones((1, 3), np.uint8)) & vb & binary
+    lines = line_h | line_v
+    if lines.any():
+        # Handwriting is usually much darker than the light printed walls.
+        level = float(np.median(ink[lines > 0]))
+        dark = (ink > max(1.7 * level, level + 60.0)).astype(np.uint8)
+        lines &= 1 - dark
+    rest = binary & (1 - lines)
+    # A stroke crossing a wall is cut in two by the removal; closing the rest across the
+    # wall direction bridges exactly those gaps (no ink on one side: nothing to bridge).
+    kv = np.ones((9, 1), np.uint8)
+    kh = np.ones((1, 9), np.uint8)
+    bridge = (cv2.morphologyEx(rest, cv2.MORPH_CLOSE, kv) & line_h) | (
+        cv2.morphologyEx(rest, cv2.MORPH_CLOSE, kh) & line_v
+    )
+    return lines & (1 - bridge)
+
+
+def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Ink of the pixels near ``mask`` (region coords) cropped to its box, and that box."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    y0, x0 = max(0, y0 - 1), max(0, x0 - 1)
+    y1, x1 = min(mask.shape[0], y1 + 1), min(mask.shape[1], x1 + 1)
+    sub = mask[y0:y1, x0:x1]
+    # One pixel of dilation keeps the soft stroke edges below the threshold, like MNIST.
+    near = cv2.dilate(sub, np.ones((3, 3), np.uint8)) & (1 - fi.walls[y0:y1, x0:x1])
+    ink = np.where(near > 0, fi.ink[y0:y1, x0:x1], 0.0)
+    out = np.clip(np.rint(ink), 0, 255).astype(np.uint8)
+    ox, oy = fi.origin
+    return out, (int(x0 + ox), int(y0 + oy), int(x1 - x0), int(y1 - y0))
+
+
+def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
+    """Per box: mask of the ink it holds, and how many of those pixels lie outside it.
+
+    A component goes to the box holding most of it (at least 40 %). A component with a
+    large share (≥ 30 %) in two neighbouring boxes is two digits touching across the wall
+    between them: it is cut at the column of least ink near that wall.
+    """
+    nb = len(fi.boxes)
+    n = fi.stats.shape[0]
+    areas = np.bincount(fi.labels.ravel(), minlength=n)
+    inside = np.zeros((nb, n))
+    for bi, (bx, by, bw, bh) in enumerate(fi.boxes):
+        sub = fi.labels[max(0, by) : by + bh + 1, max(0, bx) : bx + bw + 1]
+        inside[bi] = np.bincount(sub.ravel(), minlength=n)
+    masks = [np.zeros(fi.labels.shape, np.uint8) for _ in range(nb)]
+    outside = [0] * nb
+    for i in range(1, n):
+        if areas[i] == 0:
+            continue
+        fr = inside[:, i] / areas[i]
+        x, y, w, h = (int(v) for v in fi.stats[i, :4])
+        comp = (fi.labels[y : y + h, x : x + w] == i).astype(np.uint8)
+        # Wider than a box: two digits joined even if one holds a small share.
+        share = 0.12 if w > 1.15 * fi.boxes[int(np.argmax(fr))][2] else 0.3
+        big = [bi for bi in range(nb) if fr[bi] >= share]
+        if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in zip(big, big[1:], strict=False)):
+            proj = comp.sum(axis=0).astype(np.float32)
+            edges = [0]
+            for b1, b2 in zip(big, big[1:], strict=False):
+                wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x
+                half = 0.25 * fi.boxes[b1][2]
+                lo, hi = max(edges[-1] + 1, int(wall - half)), min(w - 1, int(wall + half) + 1)
+                cut = lo + int(np.argmin(proj[lo:hi])) if hi > lo else int(wall)
+                edges.append(cut)
+            edges.append(w)
+            for bi, c0, c1 in zip(big, edges, edges[1:], strict=False):
+                masks[bi][y : y + h, x + c0 : x + c1] |= comp[:, c0:c1]
+            continue
+        bi = int(np.argmax(fr))
+        if fr[bi] < 0.4:
+            continue
+        masks[bi][y : y + h, x : x + w] |= comp
+        outside[bi] += int(areas[i] - inside[bi, i])
+    return masks, outside
+
+
+def box_pieces(fi: FieldInk, f: FormField) -> list[Piece]:
+    """One piece per box: the ink it holds (overruns included); empty boxes marked empty."""
+    masks, outside = _assign(fi)
+    pieces: list[Piece] = []
+    ox, oy = fi.origin
+    for bi, (bx, by, bw, bh) in enumerate(fi.boxes):
+        mask = masks[bi]
+        box_bbox = (bx + ox, by + oy, bw, bh)
+        total = int(mask.sum())
+        if total == 0:
+            pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True))
+            continue
+        ys, xs = np.nonzero(mask)
+        extent = max(ys.max() - ys.min() + 1, 0.6 * (xs.max() - xs.min() + 1))
+        if total < EMPTY_AREA_PX or extent < EMPTY_EXTENT * bh:
+            pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True, ("residue",)))
+            continue
+        ink, bbox = piece_ink(fi, mask)
+        flags: list[str] = []
+        if outside[bi] > 0.1 * total:
+            flags.append("overrun")
+        if float(fi.ink[mask > 0].max()) < 90.0:
+            flags.append("faint")
+        pieces.append(Piece(bi, bbox, ink, False, tuple(flags)))
+    return pieces
+
+
+def field_pieces(image: np.ndarray, t: Template, f: FormField) -> list[Piece]:
+    """The digit pieces of one field (the ink each crop is normalized from)."""
+    fi = field_ink(image, t, f)
+    if f.kind == "string":
+        from pipeline.segment_string import string_pieces
+
+        return string_pieces(fi, f, t)
+    return box_pieces(fi, f)
+
+
+def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
+    """Cut every field of a registered page into normalized digit crops.
+
+    boxes/comb/date: one crop per box, empty ones with ``empty=True`` and zero pixels;
+    string: candidate crops with group/split hypotheses (see :class:`FieldCrop`).
+    """
+    crops: list[FieldCrop] = []
+    zeros = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
+    for f in template.fields:
+        for p in field_pieces(reg.image, template, f):
+            crops.append(
+                FieldCrop(
+                    key=reg.key,
+                    template_id=template.id,
+                    field=f.name,
+                    kind=f.kind,
+                    position=p.position,
+                    bbox=p.bbox,
+                    pixels=zeros.copy() if p.empty else normalize_digit(p.ink),
+                    empty=p.empty,
+                    flags=p.flags,
+                    group=p.group,
+                    split=p.split,
+                )
+            )
+    return crops

@@ -1,0 +1,125 @@
+"""String fields: free digits in one rectangle, which may touch each other.
+
+Components mostly inside the rectangle are merged when one is a fragment above/below
+another (a broken stroke), then numbered left to right as *groups*. A group narrow enough
+to be one digit is offered once (``split=0``). A wider group may hold touching digits; it
+is offered as alternative hypotheses of 1, 2 and (when wide enough) 3 pieces, cut at the
+columns of least ink near the even-split positions (``split`` = number of pieces).
+Recognition keeps, per group, the hypothesis its model reads most confidently; the
+heuristically most likely one carries the flag ``"likely"`` for model-free use (bench).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.segment import FieldInk, Piece, piece_ink
+from pipeline.templates import FormField, Template
+
+SINGLE_MAX_RATIO = 0.95  # groups narrower than this × digit height are one digit
+WIDTH_PER_DIGIT = 0.62  # typical ink width of one digit / digit height (for the guess)
+
+
+def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
+    """Component ids per group, left to right: components inside ``rect``, fragments merged."""
+    rx, ry, rw, rh = rect
+    n = fi.stats.shape[0]
+    areas = np.bincount(fi.labels.ravel(), minlength=n)
+    sub = fi.labels[max(0, ry) : ry + rh + 1, max(0, rx) : rx + rw + 1]
+    inside = np.bincount(sub.ravel(), minlength=n)
+    comps = [i for i in range(1, n) if areas[i] > 0 and inside[i] >= 0.5 * areas[i]]
+    boxes = {}
+    for i in comps:
+        ys, xs = np.nonzero(fi.labels == i)
+        boxes[i] = (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1)
+    if not comps:
+        return []
+    tall = sorted(boxes[i][3] - boxes[i][2] for i in comps)
+    hd = float(tall[len(tall) // 2 :][0]) if tall else 1.0
+    parent = {i: i for i in comps}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    order = sorted(comps, key=lambda i: boxes[i][0])
+    for a_i, a in enumerate(order):
+        for b in order[a_i + 1 :]:
+            ax0, ax1, ay0, ay1 = boxes[a]
+            bx0, bx1, by0, by1 = boxes[b]
+            if bx0 >= ax1:
+                break
+            ov = min(ax1, bx1) - max(ax0, bx0)
+            small_h = min(ay1 - ay0, by1 - by0)
+            # A fragment (much shorter than a digit) mostly above/below another: merge.
+            if ov >= 0.6 * min(ax1 - ax0, bx1 - bx0) and small_h < 0.6 * hd:
+                parent[find(b)] = find(a)
+    groups: dict[int, list[int]] = {}
+    for i in comps:
+        groups.setdefault(find(i), []).append(i)
+    out = list(groups.values())
+    out.sort(key=lambda g: min(boxes[i][0] for i in g))
+    # Drop tiny isolated groups (dots, residue) far smaller than a digit.
+    return [g for g in out if max(boxes[i][3] - boxes[i][2] for i in g) >= 0.3 * hd]
+
+
+def _cuts(proj: np.ndarray, k: int) -> list[int]:
+    """Cut columns for ``k`` pieces: least ink near the even-split positions."""
+    w = len(proj)
+    cuts: list[int] = []
+    for i in range(1, k):
+        c = i * w / k
+        half = max(1, int(0.22 * w / k))
+        lo, hi = max(1, int(c) - half), min(w - 1, int(c) + half + 1)
+        if hi <= lo:
+            cuts.append(int(c))
+            continue
+        xs = np.arange(lo, hi)
+        cost = proj[lo:hi] + 0.15 * proj.max() * np.abs(xs - c) / half
+        cuts.append(int(xs[int(np.argmin(cost))]))
+    return cuts
+
+
+def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
+    """Candidate pieces of a string field (see the module docstring)."""
+    rect = fi.boxes[0]
+    groups = _groups(fi, rect)
+    ox, oy = fi.origin
+    if not groups:
+        rx, ry, rw, rh = rect
+        return [Piece(0, (rx + ox, ry + oy, rw, rh), np.zeros((1, 1), np.uint8), True)]
+    masks = [np.isin(fi.labels, g).astype(np.uint8) for g in groups]
+    heights = []
+    spans = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        heights.append(int(ys.max() - ys.min() + 1))
+        spans.append((int(xs.min()), int(xs.max()) + 1))
+    hd = float(np.median(heights))
+    # A group as tall as the tallest is a full digit; use the taller half as digit height.
+    hd = float(np.median([h for h in heights if h >= hd])) if heights else 1.0
+    pieces: list[Piece] = []
+    pos = 0
+    for gi, (m, (sx0, sx1)) in enumerate(zip(masks, spans, strict=True)):
+        ratio = (sx1 - sx0) / max(hd, 1.0)
+        if ratio < SINGLE_MAX_RATIO:
+            ink, bbox = piece_ink(fi, m)
+            pieces.append(Piece(pos, bbox, ink, group=gi, split=0))
+            pos += 1
+            continue
+        kmax = 3 if ratio > 1.45 else 2
+        likely = min(kmax, max(1, round(ratio / WIDTH_PER_DIGIT / 1.1)))
+        proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
+        for k in range(1, kmax + 1):
+            edges = [0, *_cuts(proj, k), sx1 - sx0]
+            flags = ("touching", "likely") if k == likely else ("touching",)
+            for a, b in zip(edges, edges[1:], strict=False):
+                part = np.zeros_like(m)
+                part[:, sx0 + a : sx0 + b] = m[:, sx0 + a : sx0 + b]
+                if not part.any():
+                    continue
+                ink, bbox = piece_ink(fi, part)
+                pieces.append(Piece(pos, bbox, ink, flags=flags, group=gi, split=k))
+                pos += 1
+    return pieces

@@ -1,0 +1,313 @@
+"""The output folder: Parquet tables, an atomic commit log, resume, and a run lock.
+
+Layout of ``OUT`` (see docs/SCHEMA.md)::
+
+    OUT/.formdigits-output      marker: ingest never reads an output folder as input
+    OUT/.lock                   fcntl lock held by the running ``formdigits run``
+    OUT/settings.json           resolved settings of the latest run
+    OUT/runs/<run_id>.json      one summary per run
+    OUT/manifest/part-<commit>.parquet   commit log: one row per input file per commit
+    OUT/{fields,digits,pages,errors}/part-<commit>.parquet   result rows of that commit
+    OUT/corrections/part-*.parquet       appended by review (no commit log needed)
+
+Every part file is written to a hidden ``.tmp`` file in its folder, fsynced, then renamed
+(``os.replace``) into place. A commit's result parts are written first and its manifest
+part last, so a file's rows become visible only once its manifest row exists: a crash in
+between leaves orphan parts that readers ignore and the next run deletes. Readers keep,
+per input file (its content hash), only the rows of the latest commit, which makes
+``--force`` reprocessing supersede older rows instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import OutputError, OutputLockedError
+from pipeline.ingest import OUTPUT_MARKER
+from pipeline.schema import MANIFEST, RESULT_TABLES, with_version
+from pipeline.settings import RunSettings
+
+MANIFEST_DIR = "manifest"
+PART_PREFIX = "part-"
+_PART_SUFFIX = ".parquet"
+
+
+def new_run_id() -> str:
+    """Sortable, unique run id: UTC timestamp plus a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def file_key(file_sha256: str | None, source: str) -> str:
+    """Identity of an input file in the commit log (its hash; its path if unreadable)."""
+    return file_sha256 if file_sha256 else f"path:{source}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One input file's outcome inside a commit (a manifest row)."""
+
+    source: str
+    file_sha256: str | None
+    pages: int
+    errors: int
+    file_error: bool
+
+    @property
+    def key(self) -> str:
+        """Commit-log identity of the file."""
+        return file_key(self.file_sha256, self.source)
+
+
+@dataclass
+class PendingCommit:
+    """Rows of a group of files, buffered until they are committed together."""
+
+    files: list[FileEntry] = field(default_factory=list)
+    rows: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {name: [] for name in RESULT_TABLES}
+    )
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, entry: FileEntry, rows: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Add one file and its rows (``{"fields": [...], "pages": [...], ...}``)."""
+        self.files.append(entry)
+        for name, items in rows.items():
+            self.rows[name].extend(items)
+
+    def n_rows(self) -> int:
+        """Rows buffered over all tables (bounds memory between commits)."""
+        return sum(len(v) for v in self.rows.values())
+
+
+class OutputStore:
+    """An output folder opened for writing by one run (holds the lock until closed)."""
+
+    def __init__(self, out_dir: Path, run_id: str) -> None:
+        """Open ``out_dir`` (created if needed), take the lock, drop uncommitted parts."""
+        self.out = Path(out_dir)
+        self.run_id = run_id
+        self._seq = 0
+        self._mutex = threading.Lock()  # commits may come from several threads (Prefect)
+        self._lock_fh = None
+        try:
+            for sub in (*RESULT_TABLES, MANIFEST_DIR, "corrections", "runs"):
+                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            (self.out / OUTPUT_MARKER).touch()
+            self._lock_fh = open(self.out / ".lock", "a+")  # noqa: SIM115 (held for the run)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {self.out}: {exc}") from exc
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise OutputLockedError(f"output folder {self.out} is in use by another run") from exc
+        self.cleanup_uncommitted()
+
+    def __enter__(self) -> OutputStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock."""
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    # ------------------------------------------------------------------ state
+
+    def cleanup_uncommitted(self) -> int:
+        """Delete temp files and result parts no commit names (left by a crash)."""
+        committed = set(_manifest_frame(self.out)["commit"].unique())
+        removed = 0
+        for sub in (*RESULT_TABLES, MANIFEST_DIR):
+            for p in (self.out / sub).iterdir():
+                orphan = p.name.startswith(PART_PREFIX) and _commit_of(p) not in committed
+                if (p.name.startswith(".") and p.name.endswith(".tmp")) or (
+                    orphan and sub != MANIFEST_DIR
+                ):
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def committed(self) -> dict[str, FileEntry]:
+        """Latest committed outcome per file key (what resume uses to skip files)."""
+        m = _latest_per_key(_manifest_frame(self.out))
+        return {
+            str(r.key): FileEntry(
+                source=str(r.source),
+                file_sha256=None if pd.isna(r.file_sha256) else str(r.file_sha256),
+                pages=int(r.pages),
+                errors=int(r.errors),
+                file_error=bool(r.file_error),
+            )
+            for r in m.itertuples(index=False)
+        }
+
+    # ------------------------------------------------------------------ writing
+
+    def write_settings(self, settings: RunSettings) -> None:
+        """Write the resolved settings as ``OUT/settings.json``."""
+        self.write_json(self.out / "settings.json", json.loads(settings.to_json()))
+
+    def write_json(self, path: Path, data: object) -> None:
+        """Atomically write ``data`` as pretty JSON."""
+        payload = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+        _atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+
+    def commit(self, pending: PendingCommit) -> str | None:
+        """Write ``pending`` as one commit; returns its id (``None`` if it held no file)."""
+        if not pending.files:
+            return None
+        with self._mutex:
+            self._seq += 1
+            commit_id = f"{self.run_id}-{self._seq:05d}"
+        name = f"{PART_PREFIX}{commit_id}{_PART_SUFFIX}"
+        for table, schema in RESULT_TABLES.items():
+            rows = pending.rows[table]
+            if rows:
+                _write_parquet(self.out / table / name, pa.Table.from_pylist(rows, schema=schema))
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        manifest_rows = [
+            {
+                "key": f.key, "source": f.source, "file_sha256": f.file_sha256,
+                "run_id": self.run_id, "commit": commit_id, "committed_at": now,
+                "pages": f.pages, "errors": f.errors, "file_error": f.file_error,
+            }
+            for f in pending.files
+        ]
+        # The manifest part is the commit point: written last, atomically.
+        _write_parquet(
+            self.out / MANIFEST_DIR / name, pa.Table.from_pylist(manifest_rows, schema=MANIFEST)
+        )
+        return commit_id
+
+
+def append_part(out_dir: Path, table: str, data: pa.Table) -> Path:
+    """Atomically add a part file to a table outside the commit log (e.g. corrections)."""
+    if table in RESULT_TABLES or table == MANIFEST_DIR:
+        raise ValueError(f"table '{table}' is written through OutputStore.commit")
+    path = Path(out_dir) / table / f"{PART_PREFIX}{new_run_id()}{_PART_SUFFIX}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path.parent}: {exc}") from exc
+    _write_parquet(path, data)
+    return path
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
+    """A table of ``out_dir`` as a DataFrame: committed rows only, latest per input file.
+
+    ``name`` is one of fields, digits, pages, errors, manifest, or an appended table such as
+    corrections. Missing tables give an empty frame (with typed columns when the schema is
+    known). Integer columns use pandas' nullable ``Int32``.
+    """
+    out = Path(out_dir)
+    if name == MANIFEST_DIR:
+        return _to_pandas(_read_parts(sorted((out / MANIFEST_DIR).glob("part-*.parquet")),
+                                      MANIFEST))
+    if name not in RESULT_TABLES:
+        parts = sorted((out / name).glob("part-*.parquet")) if (out / name).is_dir() else []
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts \
+            else pd.DataFrame()
+    schema = RESULT_TABLES[name]
+    manifest = _manifest_frame(out)
+    latest = _latest_per_key(manifest)
+    winners = latest.groupby("commit")["key"].apply(set).to_dict()
+    all_keys = manifest.groupby("commit")["key"].apply(set).to_dict()
+    tables: list[pa.Table] = []
+    for commit_id, keys in sorted(winners.items()):
+        path = out / name / f"{PART_PREFIX}{commit_id}{_PART_SUFFIX}"
+        if not path.exists():
+            continue  # that commit had no rows for this table
+        t = pq.read_table(path, schema=schema)
+        if keys != all_keys[commit_id]:  # some files of this commit were reprocessed later
+            sha = t.column("file_sha256").to_pylist()
+            src = t.column("source").to_pylist()
+            mask = [file_key(h, s) in keys for h, s in zip(sha, src, strict=True)]
+            t = t.filter(pa.array(mask, pa.bool_()))
+        tables.append(t)
+    return _to_pandas(pa.concat_tables(tables) if tables else schema.empty_table())
+
+
+def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
+    if not paths:
+        return schema.empty_table()
+    try:
+        return pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputError(f"cannot read {paths[0].parent}: {exc}") from exc
+
+
+def _manifest_frame(out: Path) -> pd.DataFrame:
+    d = out / MANIFEST_DIR
+    paths = sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+    return _read_parts(paths, MANIFEST).to_pandas()
+
+
+def _latest_per_key(manifest: pd.DataFrame) -> pd.DataFrame:
+    if manifest.empty:
+        return manifest
+    ordered = manifest.sort_values(["committed_at", "commit"], kind="stable")
+    return ordered.drop_duplicates("key", keep="last")
+
+
+def _to_pandas(t: pa.Table) -> pd.DataFrame:
+    # Nullable Int32 keeps "page" an integer even where errors have no page.
+    return t.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+
+
+def _commit_of(part: Path) -> str:
+    return part.name[len(PART_PREFIX) : -len(_PART_SUFFIX)]
+
+
+# ---------------------------------------------------------------------- atomic IO
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    table = table.replace_schema_metadata(with_version(table.schema).metadata)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a hidden temp file in the same folder, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except (OSError, pa.ArrowException) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc}") from exc

@@ -1,0 +1,351 @@
+"""Field validation rules and validation-aware reading of a field's digits.
+
+Two jobs:
+
+- :func:`check_value` tells why a digit string breaks a field's
+  :class:`~pipeline.templates.Validation` rules (an empty list = valid).
+- :func:`decide_field` turns the model's per-digit probabilities into a value, a
+  confidence and a status (``accepted`` / ``needs_review`` / ``empty``).
+
+Confidence. The model's probabilities are calibrated and we treat digits as independent,
+so the probability that the whole reading is right is the product of the chosen digits'
+probabilities. We deliberately do NOT renormalize over the strings that satisfy the rules
+(``P(s) / Σ P(valid)``): when the model is unsure about every valid candidate, the
+renormalized number can still be close to 1 (e.g. one surviving candidate of tiny mass),
+which would auto-accept a reading nobody is sure of. The plain product is a conservative
+estimate of "this exact value is right", which is what the accept threshold is about.
+
+Validation-aware reading. When a field has rules, the value is the most probable digit
+string (over each position's top-``k`` digits) that satisfies them, found by an A* search
+over prefixes: the heuristic is the exact best log-probability of the remaining suffix
+that still completes the check-digit residue (Luhn mod 10 or mod 11), computed by a
+backward dynamic programme. With an exact heuristic complete strings leave the queue in
+order of decreasing probability, so the first valid one is the best and the next three are
+the alternatives; other rules (length, regex, range, date) are checked on complete strings.
+
+Mod-11 check (documented contract): the rightmost digit is the check digit; weights from
+the right are 1, 2, ..., 10, 1, 2, ... (ISBN-10 weights, cycled so no weight is ≡ 0 mod 11)
+and the weighted sum must be ≡ 0 (mod 11). A body whose check digit would have to be 10
+has no valid digit string (we do not accept "X").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from pipeline.templates import FormField, Validation
+
+TOP_K = 4
+# A* pops at most this many prefixes per field: bounds the time on hostile rule sets
+# (e.g. a regex almost nothing matches) while being far above what real fields need.
+MAX_POPS = 20_000
+N_ALTERNATIVES = 3
+# A correction is trusted only when the runner-up valid reading is clearly less likely:
+# above this probability ratio (runner-up / best) the reviewer must decide.
+LOW_MARGIN_RATIO = 0.5
+_LOG_FLOOR = 1e-12
+MIN_CANDIDATE_PROB = 1e-4  # non-top digits below this are never substituted
+
+# Segmentation flags that describe rather than doubt (segment_string marks the split it
+# expected as "likely"); every other flag (touching, overrun, faint, residue, ...) is a doubt.
+INFO_FLAGS = frozenset({"likely"})
+
+STATUS_ACCEPTED = "accepted"
+STATUS_REVIEW = "needs_review"
+STATUS_EMPTY = "empty"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDecision:
+    """The reading of one field: value, confidence, status and why."""
+
+    value: str
+    raw_value: str  # argmax per digit, before validation-aware correction
+    confidence: float  # product of the chosen digits' calibrated probabilities
+    status: str  # accepted | needs_review | empty
+    reasons: tuple[str, ...]
+    corrected: bool  # value differs from raw_value because of the rules
+    alternatives: tuple[str, ...]  # next most probable valid readings
+    alternative_confidences: tuple[float, ...]
+
+
+def has_rules(v: Validation) -> bool:
+    """Whether any rule is set on ``v``."""
+    return any(getattr(v, name) is not None for name in type(v).model_fields)
+
+
+def luhn_valid(value: str) -> bool:
+    """Luhn (mod 10) check over a digit string, check digit rightmost."""
+    return sum(_luhn_term(int(c), i) for i, c in enumerate(reversed(value))) % 10 == 0
+
+
+def mod11_valid(value: str) -> bool:
+    """Mod-11 check with cycled ISBN-10 weights (see module docstring)."""
+    return sum(_mod11_term(int(c), i) for i, c in enumerate(reversed(value))) % 11 == 0
+
+
+def _luhn_term(d: int, pos_from_right: int) -> int:
+    if pos_from_right % 2 == 1:
+        d *= 2
+        return d - 9 if d > 9 else d
+    return d
+
+
+def _no_term(d: int, pos_from_right: int) -> int:
+    return 0
+
+
+def _mod11_term(d: int, pos_from_right: int) -> int:
+    return (pos_from_right % 10 + 1) * d % 11
+
+
+def valid_date(value: str, fmt: str) -> bool:
+    """Whether ``value`` is a real calendar date in ``fmt`` (Gregorian leap years, year ≥ 1)."""
+    if len(value) != 8 or not value.isdigit():
+        return False
+    if fmt == "DDMMYYYY":
+        d, m, y = value[0:2], value[2:4], value[4:8]
+    elif fmt == "MMDDYYYY":
+        m, d, y = value[0:2], value[2:4], value[4:8]
+    else:  # YYYYMMDD
+        y, m, d = value[0:4], value[4:6], value[6:8]
+    try:
+        dt.date(int(y), int(m), int(d))
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def check_rules(v: Validation, value: str) -> list[str]:
+    """Reasons a non-empty digit string breaks the rules ``v`` (empty list = valid)."""
+    if not value.isdigit() or not value.isascii():
+        return ["not_digits"]
+    reasons: list[str] = []
+    n = len(value)
+    if (
+        (v.length is not None and n != v.length)
+        or (v.min_length is not None and n < v.min_length)
+        or (v.max_length is not None and n > v.max_length)
+    ):
+        reasons.append("invalid_length")
+    if v.regex is not None and _compiled(v.regex).fullmatch(value) is None:
+        reasons.append("invalid_pattern")
+    if (v.min_value is not None and int(value) < v.min_value) or (
+        v.max_value is not None and int(value) > v.max_value
+    ):
+        reasons.append("out_of_range")
+    if v.check == "luhn" and not luhn_valid(value):
+        reasons.append("invalid_luhn")
+    if v.check == "mod11" and not mod11_valid(value):
+        reasons.append("invalid_mod11")
+    if v.date_format is not None and not valid_date(value, v.date_format):
+        reasons.append("invalid_date")
+    return reasons
+
+
+def check_value(field: FormField, value: str | None) -> list[str]:
+    """Reasons ``value`` is not acceptable for ``field`` (empty list = valid).
+
+    An empty value is valid for an optional field (rules apply to what was written) and
+    gives ``["missing_required"]`` for a required one.
+    """
+    if not value:
+        return ["missing_required"] if field.required else []
+    return check_rules(field.validation, value)
+
+
+def _top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the ``k`` most probable digits and their log-probabilities."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    p = np.take_along_axis(probs, order, axis=1)
+    logp = np.log(np.clip(p, _LOG_FLOOR, None))
+    # A digit the model all but rules out is no candidate: otherwise the search would
+    # "find" valid readings of probability 1e-12 by inventing digits nobody saw.
+    logp[:, 1:][p[:, 1:] < MIN_CANDIDATE_PROB] = -math.inf
+    return order, logp
+
+
+def valid_readings(
+    probs: np.ndarray, rules: Validation, *, k: int = TOP_K, max_pops: int = MAX_POPS
+) -> Iterator[tuple[str, float]]:
+    """Yield ``(digit string, log-probability)`` satisfying ``rules``, most probable first.
+
+    Only each position's top-``k`` digits are considered. Stops silently after
+    ``max_pops`` queue pops.
+    """
+    n = probs.shape[0]
+    if n == 0:
+        return
+    digits, logp = _top_k(np.asarray(probs, dtype=np.float64), k)
+    k = digits.shape[1]
+    term: Callable[[int, int], int]
+    if rules.check == "luhn":
+        mod, term = 10, _luhn_term
+    elif rules.check == "mod11":
+        mod, term = 11, _mod11_term
+    else:
+        mod, term = 1, _no_term  # no residue state: the heuristic is plain best-suffix
+    # contrib[i, j]: residue contribution of candidate j at position i (reading order).
+    contrib = np.array(
+        [[term(int(digits[i, j]), n - 1 - i) % mod for j in range(k)] for i in range(n)],
+        dtype=np.int64,
+    )
+    # h[i, r]: best log-prob of positions i..n-1 given residue r so far, ending at residue 0.
+    h = np.full((n + 1, mod), -math.inf)
+    h[n, 0] = 0.0
+    for i in range(n - 1, -1, -1):
+        for r in range(mod):
+            nxt = (r + contrib[i]) % mod
+            h[i, r] = np.max(logp[i] + h[i + 1, nxt])
+    if not math.isfinite(h[0, 0]):
+        return
+    # Length is fixed by the number of crops; fail fast instead of enumerating.
+    length_only = Validation(
+        length=rules.length, min_length=rules.min_length, max_length=rules.max_length
+    )
+    if check_rules(length_only, "0" * n):
+        return
+    tie = 0
+    heap: list[tuple[float, int, int, int, float, tuple[int, ...]]] = [
+        (-h[0, 0], tie, 0, 0, 0.0, ())
+    ]
+    pops = 0
+    while heap and pops < max_pops:
+        _, _, i, r, g, prefix = heapq.heappop(heap)
+        pops += 1
+        if i == n:
+            s = "".join(str(d) for d in prefix)
+            if not check_rules(rules, s):
+                yield s, g
+            continue
+        for j in range(k):
+            r2 = int((r + contrib[i, j]) % mod)
+            rest = h[i + 1, r2]
+            if not (math.isfinite(rest) and math.isfinite(logp[i, j])):
+                continue
+            child = (*prefix, int(digits[i, j]))
+            if not _prefix_ok(rules, child, n):
+                continue
+            g2 = g + float(logp[i, j])
+            tie += 1
+            heapq.heappush(heap, (-(g2 + rest), tie, i + 1, r2, g2, child))
+
+
+_DATE_PARTS = {  # (start, end) of day, month, year in each format
+    "DDMMYYYY": ((0, 2), (2, 4), (4, 8)),
+    "MMDDYYYY": ((2, 4), (0, 2), (4, 8)),
+    "YYYYMMDD": ((6, 8), (4, 6), (0, 4)),
+}
+
+
+def _prefix_ok(rules: Validation, prefix: tuple[int, ...], n: int) -> bool:
+    """Cheap necessary conditions on a prefix, so hopeless branches are never expanded."""
+    m = len(prefix)
+    if rules.min_value is not None or rules.max_value is not None:
+        # All completions of the prefix lie between prefix+"00.." and prefix+"99..".
+        base = int("".join(map(str, prefix)))
+        lo, hi = base * 10 ** (n - m), (base + 1) * 10 ** (n - m) - 1
+        if (rules.max_value is not None and lo > rules.max_value) or (
+            rules.min_value is not None and hi < rules.min_value
+        ):
+            return False
+    if rules.date_format is not None and n == 8:
+        (d0, d1), (m0, m1), (y0, y1) = _DATE_PARTS[rules.date_format]
+        if m >= d1 and not 1 <= prefix[d0] * 10 + prefix[d0 + 1] <= 31:
+            return False
+        if m >= m1 and not 1 <= prefix[m0] * 10 + prefix[m0 + 1] <= 12:
+            return False
+        if m >= y1 and not any(prefix[y0:y1]):
+            return False
+    return True
+
+
+def decide_field(
+    field: FormField,
+    probs: np.ndarray,
+    review_below: float,
+    seg_flags: Sequence[str] = (),
+) -> FieldDecision:
+    """Read one field from its digits' calibrated probabilities and decide its status.
+
+    Args:
+        field: the template field (its rules and ``required`` flag are used).
+        probs: ``(n, 10)`` probabilities of the non-empty positions in reading order;
+            ``n == 0`` means the field is empty.
+        review_below: fields whose confidence is below this go to review.
+        seg_flags: segmentation flags of the field (e.g. ``"touching"``, ``"overrun"``);
+            every flag except the informational :data:`INFO_FLAGS` sends it to review.
+
+    Returns:
+        The :class:`FieldDecision`. Reasons: ``missing_required``, ``low_confidence``,
+        ``corrected_by_validation``, ``low_margin_correction``, ``no_valid_reading`` (plus
+        the rule reasons of the raw reading), ``segmentation:<flag>``.
+    """
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, 10)
+    n = probs.shape[0]
+    seg_reasons = tuple(
+        f"segmentation:{f}" for f in dict.fromkeys(seg_flags) if f not in INFO_FLAGS
+    )
+    if n == 0:
+        if field.required:
+            return FieldDecision(
+                "", "", 1.0, STATUS_REVIEW, ("missing_required", *seg_reasons), False, (), ()
+            )
+        status = STATUS_REVIEW if seg_reasons else STATUS_EMPTY
+        return FieldDecision("", "", 1.0, status, seg_reasons, False, (), ())
+
+    raw_digits = probs.argmax(axis=1)
+    raw = "".join(str(int(d)) for d in raw_digits)
+    raw_conf = float(np.prod(probs[np.arange(n), raw_digits]))
+    rules = field.validation
+    reasons: list[str] = []
+    review = False
+    found = []
+    for s, lp in valid_readings(probs, rules):
+        found.append((s, math.exp(lp)))
+        if len(found) > N_ALTERNATIVES:
+            break
+    if not found:
+        value, conf, alts = raw, raw_conf, []
+        reasons += [*check_rules(rules, raw), "no_valid_reading"]
+        review = True
+    else:
+        if not check_rules(rules, raw):
+            # Equal-probability ties may pop another string first; the raw reading wins them.
+            found = [(raw, raw_conf)] + [(s, c) for s, c in found if s != raw]
+        (value, conf), alts = found[0], found[1 : N_ALTERNATIVES + 1]
+        if value != raw:
+            reasons.append("corrected_by_validation")
+            if alts and alts[0][1] > LOW_MARGIN_RATIO * conf:
+                reasons.append("low_margin_correction")
+                review = True
+    if conf < review_below:
+        reasons.append("low_confidence")
+        review = True
+    if seg_reasons:
+        reasons += seg_reasons
+        review = True
+    return FieldDecision(
+        value=value,
+        raw_value=raw,
+        confidence=conf,
+        status=STATUS_REVIEW if review else STATUS_ACCEPTED,
+        reasons=tuple(reasons),
+        corrected=value != raw,
+        alternatives=tuple(a for a, _ in alts),
+        alternative_confidences=tuple(c for _, c in alts),
+    )
