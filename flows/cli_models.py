@@ -14,7 +14,7 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Weights file to write (.safetensors).")] = Path(
         "digitnet.safetensors"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = 15,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
     seed: Annotated[int, typer.Option()] = 0,
     arch: Annotated[str, typer.Option(help="Architecture name from the registry.")] = "digitnet",
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 4e-3,

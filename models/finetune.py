@@ -87,6 +87,7 @@ class FinetuneResult:
     n_train: int = 0
     n_val: int = 0
     seconds: float = 0.0
+    temperature_fitted: bool = False  # False: no validation error, base temperature kept
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +107,8 @@ def limit_indices(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarra
     take = np.floor(quota).astype(int)
     extra = np.argsort(-(quota - take), kind="stable")[: limit - int(take.sum())]
     take[extra] += 1
-    parts = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    parts = [rng.permutation(np.flatnonzero(labels == c))[:k]
+             for c, k in zip(classes, take, strict=True)]
     return np.sort(np.concatenate(parts))
 
 
@@ -199,12 +201,14 @@ def train_mode(model: nn.Module, freeze_bn: bool) -> None:
 def param_groups(model: nn.Module, lr: float, decay: float,
                  weight_decay: float) -> list[dict[str, Any]]:
     """Optimizer groups with discriminative rates: head ``lr``, each earlier group × decay."""
-    groups = layer_groups(model)
-    out = []
-    for depth, mods in enumerate(reversed(groups)):
-        params = [p for m in mods for p in m.parameters(recurse=False)]
-        out.append({"params": params, "lr": lr * decay**depth, "weight_decay": weight_decay})
-    return out
+    groups = [[p for m in mods for p in m.parameters(recurse=False)]
+              for mods in reversed(layer_groups(model))]
+    # Parameters outside Conv/Linear/BatchNorm layers (none in the registry today) still
+    # train, at the most careful rate, instead of silently staying at their initial values.
+    grouped = {id(p) for g in groups for p in g}
+    groups[-1] += [p for p in model.parameters() if id(p) not in grouped]
+    return [{"params": params, "lr": lr * decay**depth, "weight_decay": weight_decay}
+            for depth, params in enumerate(groups)]
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -221,6 +225,15 @@ def plan_schedule(n_train: int, steps_per_epoch: int, epochs: int | None) -> tup
                             200, 2000))
     eval_every = max(1, min(max(steps_per_epoch, 20), total // 10 or 1))
     return total, eval_every
+
+
+def warm_cosine(steps: int) -> Callable[[int], float]:
+    """LR factor: linear ramp over the first 10 % of ``steps``, then cosine to zero.
+
+    The ramp lets Adam's moment estimates settle before the unfrozen backbone moves.
+    """
+    n, ramp = max(1, steps), max(1, steps // 10)
+    return lambda s: min((s + 1) / ramp, 0.5 * (1.0 + math.cos(math.pi * min(s, n) / n)))
 
 
 def _evaluate(model: nn.Module, contract: Contract, x: np.ndarray, y: np.ndarray,
@@ -266,7 +279,7 @@ def finetune(
     freeze_bn_always = len(tr) < cfg.bn_train_min
     augment = GroupAugmenter(cfg.augment, group=4)
 
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     res = FinetuneResult(model=model, contract=contract, n_train=len(tr), n_val=len(va),
                          config=asdict(cfg))
@@ -290,9 +303,7 @@ def finetune(
                 set_backbone_frozen(model, False)
                 opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_decay,
                                                      cfg.weight_decay))
-                rest, ramp = total - warm, max(1, (total - warm) // 10)
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, r=rest, w=ramp: min(
-                    (s + 1) / w, 0.5 * (1 + math.cos(math.pi * min(s, r) / r))))
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, warm_cosine(total - warm))
             phase = "head" if step < warm else "all"
             train_mode(model, freeze_bn=phase == "head" or freeze_bn_always)
             x = contract.to_input(augment(x8).to(device)).contiguous(
@@ -304,7 +315,7 @@ def finetune(
             sched.step()
             step += 1
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
-            if step % eval_every == 0 or step == total or step == warm:
+            if step % eval_every == 0 or step in (total, warm):
                 acc, nll, _ = _evaluate(model, contract, x_val, y_val, device)
                 log = EvalLog(step, round(step / mixer.steps_per_epoch, 3), phase,
                               time.perf_counter() - t0, loss_sum / loss_n, acc, nll)
@@ -320,7 +331,11 @@ def finetune(
     set_backbone_frozen(model, False)
     model.load_state_dict(best_state)
     _, _, logits = _evaluate(model, contract, x_val, y_val, device)
-    temperature = fit_temperature(logits, torch.from_numpy(y_val))
+    # With no validation error the NLL keeps falling as T -> 0 (a fit would claim certainty
+    # from a few dozen digits); keep the base model's temperature then.
+    res.temperature_fitted = bool((logits.argmax(1).numpy() != y_val).any())
+    temperature = (fit_temperature(logits, torch.from_numpy(y_val)) if res.temperature_fitted
+                   else contract.temperature)
     res.model = model.cpu().eval()
     res.contract = contract.with_(temperature=temperature)
     res.steps_run, res.epochs_run = step, round(step / mixer.steps_per_epoch, 2)

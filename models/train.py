@@ -31,7 +31,7 @@ class TrainConfig:
     """Hyper-parameters of a training run (recorded in the model card)."""
 
     arch: str = "digitnet"
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 4e-3
     weight_decay: float = 0.02

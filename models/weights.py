@@ -32,7 +32,7 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -69,6 +69,7 @@ def save_model(
         meta["card"] = json.dumps(card, sort_keys=True, default=str)
     tmp = p.with_name(p.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # safetensors writes 0600; weights are shared, not secret
     tmp.replace(p)
     full_card = {
         "weights": p.name,

@@ -10,6 +10,7 @@ the light-red dropout boxes vanish, blue/black ink stays dark).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,8 @@ from pipeline.errors import (
 )
 from pipeline.records import Page, PageKey
 from pipeline.settings import Limits
+
+log = logging.getLogger(__name__)
 
 # An output folder carries this marker so a later run never reads its own results back.
 OUTPUT_MARKER = ".formdigits-output"
@@ -86,8 +89,9 @@ def _walk(root: Path, excluded: set[str], seen: set[str]) -> Iterator[Path]:
     seen.add(real)
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError:
-        return  # unreadable folder: nothing we can list (reported nowhere else either)
+    except OSError as exc:
+        log.warning("cannot list folder %s: %s (skipped)", root, exc)
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -225,7 +229,11 @@ class _ImageCtx:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 self.im = Image.open(self.path, formats=_PIL_FORMATS[self.fmt])
         except Image.DecompressionBombError as exc:
-            raise LimitExceededError(f"{self.path}: {exc}") from exc
+            # Pillow's own guard (2x Image.MAX_IMAGE_PIXELS) is a hard ceiling above ours.
+            raise LimitExceededError(
+                f"{self.path}: page too large, refused before decoding (possible "
+                f"decompression bomb): {exc}"
+            ) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptFileError(f"{self.path}: cannot read {self.fmt.upper()}: {exc}") from exc
         return self.im

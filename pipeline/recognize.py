@@ -193,18 +193,61 @@ def configure_main_threads(workers: int) -> int:
     return n
 
 
-def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
-               settings: RunSettings) -> Iterable[PageWork]:
-    """Prepared pages in input order (in worker processes when ``settings.workers`` > 0)."""
-    dataset = PageDataset(items, templates, settings)
-    if settings.workers == 0 or len(items) <= 1:
-        return (dataset[i] for i in range(len(dataset)))
+def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: RunSettings,
+            workers: int) -> DataLoader[PageWork]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
     return DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=min(settings.workers, len(items)),
-        collate_fn=_keep, worker_init_fn=_worker_init, persistent_workers=False,
-        prefetch_factor=4,
+        PageDataset(items, templates, settings), batch_size=None, shuffle=False,
+        num_workers=min(workers, len(items)), collate_fn=_keep, worker_init_fn=_worker_init,
+        persistent_workers=False, prefetch_factor=4,
     )
+
+
+def _worker_died(exc: RuntimeError) -> bool:
+    return "DataLoader worker" in str(exc)
+
+
+def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
+               settings: RunSettings) -> Iterator[PageWork]:
+    """Prepared pages in input order (in worker processes when ``settings.workers`` > 0).
+
+    A page that kills its worker (a decoder crash, the OOM killer) becomes an error row:
+    after a worker dies, the next page in order is retried alone in a fresh worker; if that
+    one dies too it is the culprit, otherwise the run goes on from there. No innocent page
+    is blamed and the batch survives. (With ``workers=0`` such a crash ends the run.)
+    """
+    if settings.workers == 0:
+        dataset = PageDataset(items, templates, settings)
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    start, suspect = 0, False
+    while start < len(items):
+        if suspect:
+            yield _isolated(items[start], templates, settings)
+            start, suspect = start + 1, False
+            continue
+        try:
+            for work in _loader(items[start:], templates, settings, settings.workers):
+                start += 1
+                yield work
+        except RuntimeError as exc:
+            if not _worker_died(exc):
+                raise
+            log.warning("a page worker died (%s); isolating %s page %d", exc,
+                        items[start].source, items[start].page)
+            suspect = True
+
+
+def _isolated(item: PageItem, templates: Sequence[Template], settings: RunSettings) -> PageWork:
+    try:
+        return next(iter(_loader([item], templates, settings, 1)))
+    except RuntimeError as exc:
+        if not _worker_died(exc):
+            raise
+        return PageWork(item, "error", error=ErrorInfo(
+            "worker_crashed", f"{item.source} page {item.page}: the process reading it died "
+            f"({exc})", "The file may be malformed or too large for memory; check it, or run "
+            "with --workers 0 to see the crash."))
 
 
 @dataclass

@@ -14,7 +14,8 @@ is mapped onto *template pixels* (the page rendered at ``WORK_DPI``):
 4. the page is warped into template pixels and its printed structure is compared with the
    blank (normalized cross-correlation) for the final score.
 
-Helpers shared with :mod:`pipeline.register_code` live there (code strip, blanks, scores).
+Per-template references (rendered blank, code strip, features) and the scoring and ECC
+helpers live in :mod:`pipeline.register_code`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from pipeline.errors import RegistrationError
 from pipeline.records import Page, RegisteredPage
 from pipeline.register_code import (
     DET_DPI,
-    ECC_DPI,
     TemplateRef,
     code_match,
     orientation_of,
+    refine_ecc,
     resize_matrix,
     similarity_rms,
     structure_ncc,
@@ -63,12 +64,17 @@ class _Pose:
 
 
 def _estimate_dpi(page: Page, templates: Sequence[Template]) -> float:
-    """Source dpi: the declared one when plausible, else from the page's long side."""
-    if page.dpi is not None and 50.0 <= page.dpi <= 1200.0:
-        return float(page.dpi)
+    """Source dpi: the declared one when it agrees with the page size, else from the size.
+
+    Image files often carry wrong resolution tags (72 dpi on a 300-dpi scan), so the
+    declared dpi is only trusted within a third of what the page's long side implies.
+    """
     long_px = max(page.image.shape[:2])
     long_mm = max(max(t.width_mm, t.height_mm) for t in templates)
-    return long_px * MM_PER_INCH / long_mm
+    by_size = long_px * MM_PER_INCH / long_mm
+    if page.dpi is not None and 0.75 * by_size <= page.dpi <= 1.33 * by_size:
+        return float(page.dpi)
+    return by_size
 
 
 def _mark_candidates(det: np.ndarray, mark_px: Sequence[float]) -> list[tuple[float, float]]:
@@ -81,14 +87,15 @@ def _mark_candidates(det: np.ndarray, mark_px: Sequence[float]) -> list[tuple[fl
     # Opening with a kernel about half a mark wide erases text, box lines and handwriting
     # strokes, and cuts marks loose from lines that touch them; filled squares survive.
     k = max(3, int(m_lo * 0.45))
-    opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
     contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     scored: list[tuple[float, float, float]] = []
     for c in contours:
         area = cv2.contourArea(c)
         if not (0.4 * m_lo * m_lo <= area <= 2.1 * m_hi * m_hi):
             continue
-        (cx, cy), (w, h), _ = cv2.minAreaRect(c)
+        (_cx, _cy), (w, h), _ = cv2.minAreaRect(c)
         if min(w, h) < 2:
             continue
         aspect = max(w, h) / min(w, h)
@@ -210,7 +217,11 @@ def _refine_centre(base: np.ndarray, x: float, y: float, mark_px: float) -> tupl
 
 
 def _poses_from_marks(
-    base: np.ndarray, det: np.ndarray, det_to_base: float, refs: Sequence[TemplateRef], base_dpi: float
+    base: np.ndarray,
+    det: np.ndarray,
+    det_to_base: float,
+    refs: Sequence[TemplateRef],
+    base_dpi: float,
 ) -> list[_Pose]:
     """Candidate poses from the four corner marks (empty list when none are found)."""
     mark_px = sorted({r.template.marks.size_mm * DET_DPI / MM_PER_INCH for r in refs})
@@ -245,15 +256,17 @@ def _poses_from_marks(
             geom = max(0.0, 1.0 - rms / (0.03 * diag)) * (1.0 if n_found == 4 else 0.9)
             if geom <= 0.0:
                 continue
-            code, ok = code_match(base, h, ref, refs)
+            code, ok = code_match(base, h, ref)
             if ok and n_found == 3:
                 # Three marks fix only an affine pose; ECC recovers the perspective.
-                h = _refine_ecc(base, h, ref, base_dpi)
+                h = refine_ecc(base, h, ref, base_dpi)
             poses.append(_Pose(ref, h, geom, code, ok, "marks"))
     return poses
 
 
-def _snap_to_marks(base: np.ndarray, h: np.ndarray, ref: TemplateRef, base_dpi: float) -> np.ndarray:
+def _snap_to_marks(
+    base: np.ndarray, h: np.ndarray, ref: TemplateRef, base_dpi: float
+) -> np.ndarray:
     """Re-estimate a feature-based pose from the marks it predicts, where they are visible."""
     m_px = ref.template.marks.size_mm * base_dpi / MM_PER_INCH
     pred = cv2.perspectiveTransform(ref.marks_px[None], h)[0]
@@ -264,36 +277,11 @@ def _snap_to_marks(base: np.ndarray, h: np.ndarray, ref: TemplateRef, base_dpi: 
             src.append(tp)
             dst.append((rx, ry))
     if len(src) == 4:
-        return cv2.getPerspectiveTransform(np.float32(src), np.float32(dst))
+        return cv2.getPerspectiveTransform(np.array(src, np.float32), np.array(dst, np.float32))
     if len(src) == 3:
-        a = cv2.getAffineTransform(np.float32(src), np.float32(dst))
+        a = cv2.getAffineTransform(np.array(src, np.float32), np.array(dst, np.float32))
         return np.vstack([a, [0.0, 0.0, 1.0]])
     return h
-
-
-def _refine_ecc(base: np.ndarray, h: np.ndarray, ref: TemplateRef, base_dpi: float) -> np.ndarray:
-    """Polish a pose by ECC alignment of the page to the blank at ECC_DPI (features fallback).
-
-    Feature matches cluster on the printed text, which leaves the homography loose far from
-    it; ECC uses every printed pixel (marks, strip, labels, boxes) and pins it down.
-    """
-    fb = ECC_DPI / base_dpi
-    small = cv2.resize(base, None, fx=fb, fy=fb, interpolation=cv2.INTER_AREA)
-    s_page = resize_matrix(base.shape, small.shape)
-    tmpl = ref.ecc_blank()
-    s_t = resize_matrix(ref.blank.shape, tmpl.shape)
-    h_small = s_page @ h @ np.linalg.inv(s_t)
-    warp = (h_small / h_small[2, 2]).astype(np.float32)
-    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 1e-4)
-    try:
-        _, warp = cv2.findTransformECC(
-            tmpl.astype(np.float32), small.astype(np.float32), warp,
-            cv2.MOTION_HOMOGRAPHY, crit, None, 3,
-        )
-    except cv2.error:
-        return h
-    out = np.linalg.inv(s_page) @ warp.astype(np.float64) @ s_t
-    return out / out[2, 2]
 
 
 def _poses_from_features(
@@ -303,7 +291,7 @@ def _poses_from_features(
     f = DET_DPI / base_dpi
     small = cv2.resize(base, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else base
     s_small = resize_matrix(base.shape, small.shape)
-    orb = cv2.ORB_create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
+    orb = cv2.ORB.create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
     kp, des = orb.detectAndCompute(small, None)
     if des is None or len(kp) < MIN_FEATURE_INLIERS:
         return []
@@ -317,17 +305,17 @@ def _poses_from_features(
         good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
         if len(good) < MIN_FEATURE_INLIERS:
             continue
-        src = np.float32([tkp[m.queryIdx].pt for m in good])
-        dst = np.float32([kp[m.trainIdx].pt for m in good])
+        src = np.array([tkp[m.queryIdx].pt for m in good], np.float32)
+        dst = np.array([kp[m.trainIdx].pt for m in good], np.float32)
         h_small, inl = cv2.findHomography(src, dst, cv2.RANSAC, 3.0, maxIters=3000)
         if h_small is None or inl is None or int(inl.sum()) < MIN_FEATURE_INLIERS:
             continue
         # template px (WORK_DPI) -> feature px -> small page px -> base px
         h = np.linalg.inv(s_small) @ h_small @ t_scale
-        h = _refine_ecc(base, h / h[2, 2], ref, base_dpi)
+        h = refine_ecc(base, h / h[2, 2], ref, base_dpi)
         h = _snap_to_marks(base, h, ref, base_dpi)
         geom = min(1.0, float(inl.sum()) / 120.0)
-        code, ok = code_match(base, h, ref, refs)
+        code, ok = code_match(base, h, ref)
         poses.append(_Pose(ref, h, geom, code, ok, "features"))
     return poses
 

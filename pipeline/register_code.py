@@ -17,11 +17,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.templates import MM_PER_INCH, WORK_DPI, Template
+from pipeline.templates import WORK_DPI, Template
 
 DET_DPI = 75.0  # detection copy (marks, features): marks are ~24 px wide here
-STRUCT_DPI = 25.0
-ECC_DPI = 50.0  # fine alignment of the features fallback  # printed-structure comparison copy
+STRUCT_DPI = 25.0  # printed-structure comparison copy
+ECC_DPI = 50.0  # fine alignment of the features fallback and of 3-mark poses
 _GRID = np.linspace(0.25, 0.75, 5)  # sample the inner half of a cell: robust to pose error
 
 
@@ -47,7 +47,7 @@ def orientation_of(h: np.ndarray) -> int:
     """Rotation (0/90/180/270, clockwise as seen in the scan) that the homography undoes."""
     p = cv2.perspectiveTransform(np.array([[[500.0, 500.0], [600.0, 500.0]]]), h)[0]
     ang = math.degrees(math.atan2(p[1, 1] - p[0, 1], p[1, 0] - p[0, 0]))
-    return int(round(ang / 90.0)) * 90 % 360
+    return round(ang / 90.0) * 90 % 360
 
 
 def _sample(img: np.ndarray, h: np.ndarray, rects: Sequence[tuple[float, ...]]) -> np.ndarray:
@@ -95,7 +95,6 @@ class TemplateRef:
     template: Template
     size_px: tuple[int, int]
     marks_px: np.ndarray  # (4, 2) mark centres, template px: TL, TR, BR, BL
-    mark_rects: list[tuple[float, ...]]
     cells_px: list[tuple[float, float, float, float]]
     ring_px: list[tuple[float, ...]]
     code_bits: np.ndarray  # expected dark cells (bool)
@@ -109,7 +108,7 @@ class TemplateRef:
         if self._features is None:
             f = DET_DPI / WORK_DPI
             small = cv2.resize(self.blank, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-            orb = cv2.ORB_create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
+            orb = cv2.ORB.create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
             kp, des = orb.detectAndCompute(small, None)
             self._features = (kp, des, resize_matrix(self.blank.shape, small.shape))
         return self._features
@@ -161,19 +160,16 @@ def template_ref(t: Template) -> TemplateRef:
     blank = render_blank(t, dpi=WORK_DPI, color=False)
     if blank.ndim == 3:
         # Same conversion as ingest: the red channel drops the dropout-coloured boxes.
-        blank = blank[:, :, 2] if blank.shape[2] == 3 else blank[:, :, 0]
+        blank = blank[:, :, 0]  # render.py draws RGB
     blank = np.ascontiguousarray(blank, dtype=np.uint8)
     px = t.px
     marks = np.array([(px(x), px(y)) for x, y in t.mark_centers_mm()], np.float64) - 0.5
-    s = px(t.marks.size_mm)
-    mark_rects = [(x - s / 2, y - s / 2, s, s) for x, y in marks]
     strip = code_strip_mm(t)
     cells = [(px(x) - 0.5, px(y) - 0.5, px(w), px(h)) for (x, y, w, h), _ in strip]
     ref = TemplateRef(
         template=t,
         size_px=(blank.shape[1], blank.shape[0]),
         marks_px=marks,
-        mark_rects=mark_rects,
         cells_px=cells,
         ring_px=_ring(cells),
         # Every cell, guards included: read upside down, the guards cannot match.
@@ -186,34 +182,47 @@ def template_ref(t: Template) -> TemplateRef:
     return ref
 
 
-def code_match(
-    img: np.ndarray, h: np.ndarray, ref: TemplateRef, refs: Sequence[TemplateRef]
-) -> tuple[float, bool]:
-    """How well the code read through ``h`` matches ``ref`` (score, accepted).
+def code_match(img: np.ndarray, h: np.ndarray, ref: TemplateRef) -> tuple[float, bool]:
+    """How well the code strip read through ``h`` matches ``ref``: (score, accepted).
 
-    Accepted: an exact match, or one wrong cell when no other template's code is within
-    two cells (a stain over one cell must not turn one form into another).
+    Only an exact match is accepted: codes of different forms may differ in one cell, and
+    a stained cell must send the page to a person rather than to the wrong template (the
+    printed structure cannot tell forms apart: marks and strip dominate it).
     """
     bits = ref.read_code(img, h)
     n = len(ref.code_bits)
-    if bits is None or n == 0 or not ref.code_bits.any():
+    if bits is None or n == 0:
         return 0.0, False
     d = int(np.count_nonzero(bits != ref.code_bits))
-    others = [
-        int(np.count_nonzero(bits != r.code_bits))
-        for r in refs
-        if r is not ref and len(r.code_bits) == n
-    ]
-    ok = d == 0 or (d == 1 and n >= 8 and all(o >= 3 for o in others))
-    return max(0.0, 1.0 - 2.0 * d / n), ok
+    return max(0.0, 1.0 - 2.0 * d / n), d == 0
+
+
+def refine_ecc(base: np.ndarray, h: np.ndarray, ref: TemplateRef, base_dpi: float) -> np.ndarray:
+    """Polish a pose by ECC alignment of the page to the blank at ECC_DPI (features fallback).
+
+    Feature matches cluster on the printed text, which leaves the homography loose far from
+    it; ECC uses every printed pixel (marks, strip, labels, boxes) and pins it down.
+    """
+    fb = ECC_DPI / base_dpi
+    small = cv2.resize(base, None, fx=fb, fy=fb, interpolation=cv2.INTER_AREA)
+    s_page = resize_matrix(base.shape, small.shape)
+    tmpl = ref.ecc_blank()
+    s_t = resize_matrix(ref.blank.shape, tmpl.shape)
+    h_small = s_page @ h @ np.linalg.inv(s_t)
+    warp = (h_small / h_small[2, 2]).astype(np.float32)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 1e-4)
+    mask = np.full(tmpl.shape, 255, np.uint8)
+    try:
+        _, warp = cv2.findTransformECC(
+            tmpl.astype(np.float32), small.astype(np.float32), warp,
+            cv2.MOTION_HOMOGRAPHY, crit, mask, 3,
+        )
+    except cv2.error:
+        return h
+    out = np.linalg.inv(s_page) @ warp.astype(np.float64) @ s_t
+    return out / out[2, 2]
 
 
 def structure_ncc(warped: np.ndarray, ref: TemplateRef) -> float:
     """Normalized cross-correlation of the warped page's ink with the blank's (-1..1)."""
     return float((_to_struct(warped, ref.struct.shape) * ref.struct).sum())
-
-
-def mark_span_px(t: Template, dpi: float) -> float:
-    """Distance between the top-left and bottom-right mark centres at ``dpi``."""
-    m = t.mark_centers_mm()
-    return math.hypot(m[2][0] - m[0][0], m[2][1] - m[0][1]) * dpi / MM_PER_INCH

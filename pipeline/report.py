@@ -198,7 +198,7 @@ def _gallery(fields: pd.DataFrame, digits: pd.DataFrame, n: int) -> str:
         img = _img(encode_png(field_strip(crops, 2)), f"{f.field} crops") if crops else ""
         alts = (
             ", ".join(
-                f"{a} ({c:.2f})"
+                f"{a} ({c:.3g})"
                 for a, c in zip(f.alternatives, f.alternative_confidences, strict=False)
             )
             or "-"

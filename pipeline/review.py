@@ -53,6 +53,7 @@ class CorrectionRecord:
     sheet: str  # review | doubtful_digits
     warnings: tuple[str, ...]
     crop_positions: tuple[int, ...]  # digit position of each crop
+    labels: tuple[int, ...]  # label of each crop; () when the digits cannot be aligned
     crops_png: tuple[bytes, ...] = dataclasses.field(repr=False)
 
     def to_row(self) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class CorrectionRecord:
         row = dataclasses.asdict(self)
         row["warnings"] = list(self.warnings)
         row["crop_positions"] = list(self.crop_positions)
+        row["labels"] = list(self.labels)
         row["crops_png"] = list(self.crops_png)
         return row
 
@@ -82,6 +84,7 @@ CORRECTIONS_SCHEMA = pa.schema(
         ("sheet", _STR),
         ("warnings", pa.list_(_STR)),
         ("crop_positions", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
         ("crops_png", pa.list_(pa.binary())),
     ]
 )
@@ -209,8 +212,9 @@ def load_corrections_dataset(out_dir: str | Path) -> CorrectionsDataset:
     The latest decision per (file_sha256, page, field, position) wins. A single-digit
     correction labels its crop. A whole-field correction labels the field's crops only when
     the corrected string has exactly as many digits as there are crops (alignment is then
-    unambiguous); otherwise it is skipped and counted. A digit covered by both a digit and
-    a whole-field correction is taken once, from the digit correction.
+    unambiguous; the import stores ``labels`` only then); otherwise it is skipped and
+    counted. A digit covered by both a digit and a whole-field correction is taken once,
+    from the digit correction.
     """
     df = read_table(out_dir, "corrections")
     empty = CorrectionsDataset(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), 0)
@@ -226,23 +230,16 @@ def load_corrections_dataset(out_dir: str | Path) -> CorrectionsDataset:
     skipped = 0
     for r in df.itertuples():
         crops = [bytes(c) for c in r.crops_png]
-        corrected = str(r.corrected)
-        if not corrected.isdigit():
+        labs = [int(v) for v in r.labels]
+        if len(labs) != len(crops) or not crops:
+            skipped += int(r.position) == WHOLE_FIELD
             continue
-        if int(r.position) != WHOLE_FIELD:
-            if len(corrected) == 1 and len(crops) == 1:
-                images.append(decode_png(crops[0]))
-                labels.append(int(corrected))
-            continue
-        if len(corrected) != len(crops):
-            skipped += 1
-            continue
-        positions = [int(p) for p in r.crop_positions]
-        for pos, crop, ch in zip(positions, crops, corrected, strict=True):
-            if (r.file_sha256, int(r.page), r.field, pos) in single_keys:
-                continue
+        whole = int(r.position) == WHOLE_FIELD
+        for pos, crop, lab in zip(r.crop_positions, crops, labs, strict=True):
+            if whole and (r.file_sha256, int(r.page), r.field, int(pos)) in single_keys:
+                continue  # the reviewer's verdict on that very digit wins
             images.append(decode_png(crop))
-            labels.append(int(ch))
+            labels.append(lab)
     if skipped:
         log.warning(
             "corrections: skipped %d whole-field corrections (digit count != crops)", skipped

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 from openpyxl import Workbook
+from openpyxl.comments import Comment
 from openpyxl.drawing.image import Image as XLImage
 from openpyxl.formatting.rule import FormulaRule
 from openpyxl.styles import Alignment, Font, PatternFill
@@ -161,7 +162,7 @@ def export_results(
     for f in review.sort_values(["source", "page"], kind="stable").itertuples():
         _, crops = index.get((str(f.file_sha256), int(f.page), str(f.field)), ([], []))
         alts = "; ".join(
-            f"{a} ({c:.2f})"
+            f"{a} ({c:.3g})"
             for a, c in zip(f.alternatives, f.alternative_confidences, strict=False)
         )
         review_rows.append(
@@ -172,6 +173,7 @@ def export_results(
                 "template": f.template_id,
                 "field": f.field,
                 "reading": "" if f.value is None else str(f.value),
+                "raw_reading": "" if f.raw_value is None else str(f.raw_value),
                 "confidence": float(f.confidence),
                 "alternatives": alts,
                 "reasons": ", ".join(f.reasons),
@@ -290,6 +292,7 @@ REVIEW_COLUMNS = [
     "field",
     "image",
     "reading",
+    "raw_reading",
     "confidence",
     "alternatives",
     "reasons",
@@ -307,6 +310,7 @@ def _write_review(ws: Worksheet, rows: list[dict[str, object]]) -> None:
         "template": 12,
         "field": 14,
         "reading": 14,
+        "raw_reading": 14,
         "confidence": 11,
         "alternatives": 32,
         "reasons": 36,
@@ -317,7 +321,7 @@ def _write_review(ws: Worksheet, rows: list[dict[str, object]]) -> None:
     for i, r in enumerate(rows, start=2):
         _append(ws, [r.get(c) if c != "image" else None for c in REVIEW_COLUMNS])
         ws.cell(i, REVIEW_COLUMNS.index("confidence") + 1).number_format = "0.000"
-        for c in ("reading", "correction"):
+        for c in ("reading", "raw_reading", "correction"):
             ws.cell(i, REVIEW_COLUMNS.index(c) + 1).number_format = "@"
         png = r.get("image")
         if isinstance(png, bytes):
@@ -358,6 +362,7 @@ def _write_doubtful(ws: Worksheet, groups: dict[int, list[dict[str, object]]]) -
                 cell = ws.cell(row, col, item["confidence"])
                 cell.number_format = "0.00"
                 cell.alignment = Alignment(vertical="bottom", horizontal="center")
+                cell.comment = Comment(str(item["label"]), "formdigits")  # where it came from
                 png = item["image"]
                 assert isinstance(png, bytes)
                 _add_image(ws, png, cell.coordinate)

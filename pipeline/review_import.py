@@ -229,6 +229,7 @@ def import_corrections(
                 sheet=sheet,
                 warnings=tuple(warns),
                 crop_positions=tuple(positions),
+                labels=tuple(int(c) for c in text) if len(text) == len(pngs) else (),
                 crops_png=tuple(pngs),
             )
         )

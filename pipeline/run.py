@@ -21,6 +21,7 @@ from pipeline.store import OutputStore, new_run_id
 from pipeline.templates import Template, load_templates
 
 ProgressFn = Callable[[int], None]  # called with the number of pages just finished
+ChunkResult = Tally  # what ``process_chunk`` returns: counts and stage seconds committed
 
 
 @dataclass(frozen=True, slots=True)

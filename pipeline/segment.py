@@ -16,6 +16,7 @@ the same function training uses. :func:`field_pieces` exposes the extracted ink.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import cv2
@@ -29,7 +30,7 @@ MARGIN_MM = 3.0
 WALL_TOL_PX = 3  # registration error allowed around a printed wall (template px)
 MIN_INK = 25.0  # lowest ink contrast (0-255) that can count as a stroke
 MIN_SPECK_PX = 8  # components smaller than this are scanner noise
-EMPTY_AREA_PX = 25  # a box holding less ink than this (pixels) is empty
+EMPTY_AREA_PX = 15  # a box holding less ink than this (pixels) is empty
 EMPTY_EXTENT = 0.15  # ... or whose ink spans less than this fraction of the box height
 
 
@@ -73,7 +74,7 @@ def _wall_bands(
             vb[max(0, y - t) : y + h + t + 1, max(0, xx - t) : xx + t + 1] = 1
     if f.kind == "date" and len(boxes) > 1:
         # Printed separators sit between groups, outside the boxes: treat the gaps like walls.
-        for a, b in zip(boxes, boxes[1:], strict=False):
+        for a, b in itertools.pairwise(boxes):
             if b[0] - (a[0] + a[2]) > 2 * t:
                 vb[a[1] : a[1] + a[3] + 1, a[0] + a[2] : b[0] + 1] = 1
     return hb, vb
@@ -96,8 +97,9 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     k = max(9, int(t.px(2.6)) | 1)
     bg = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
     bg = cv2.blur(bg, (k, k))
-    ink = np.clip(bg.astype(np.float32) - gray.astype(np.float32), 0, 255)
-    ink = cv2.GaussianBlur(ink, (3, 3), 0.6)
+    ink = cv2.GaussianBlur(
+        np.clip(bg.astype(np.float32) - gray.astype(np.float32), 0, 255), (3, 3), 0.6
+    ).astype(np.float32)
     hb, vb = _wall_bands(gray.shape, boxes, f)
     inner = np.zeros(gray.shape, np.uint8)
     for bx, by, bw, bh in boxes:
@@ -145,6 +147,12 @@ def _remove_walls(
     lh = max(5, int(min(bw * 0.45, 30)))
     lv = max(5, int(min(bh * 0.3, 30)))
     open_h = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((1, lh), np.uint8)) & hb
+    # Colour scans lose the dropout-coloured walls: then there is nothing to remove, and a
+    # stroke running along a wall must not be taken for one. Horizontal walls are long and
+    # rarely covered by strokes, so their coverage tells whether walls were printed.
+    wall_len = sum(2 * b[2] for b in boxes)
+    if int(np.count_nonzero(open_h.any(axis=0))) < 0.4 * min(wall_len / 2, binary.shape[1]):
+        return np.zeros_like(binary)
     open_v = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((lv, 1), np.uint8)) & vb
     # Thicken by one pixel so the anti-aliased wall edges go too.
     line_h = cv2.dilate(open_h, np.ones((3, 1), np.uint8)) & hb & binary
@@ -185,8 +193,9 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
     """Per box: mask of the ink it holds, and how many of those pixels lie outside it.
 
     A component goes to the box holding most of it (at least 40 %). A component with a
-    large share (≥ 30 %) in two neighbouring boxes is two digits touching across the wall
-    between them: it is cut at the column of least ink near that wall.
+    large share (≥ 30 %) in neighbouring boxes, or wider than a box and spanning much of
+    several, is digits touching across walls: it is cut at the column of least ink near
+    each wall between them.
     """
     nb = len(fi.boxes)
     n = fi.stats.shape[0]
@@ -203,13 +212,19 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
         fr = inside[:, i] / areas[i]
         x, y, w, h = (int(v) for v in fi.stats[i, :4])
         comp = (fi.labels[y : y + h, x : x + w] == i).astype(np.uint8)
-        # Wider than a box: two digits joined even if one holds a small share.
-        share = 0.12 if w > 1.15 * fi.boxes[int(np.argmax(fr))][2] else 0.3
-        big = [bi for bi in range(nb) if fr[bi] >= share]
-        if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in zip(big, big[1:], strict=False)):
+        if w > 1.15 * fi.boxes[int(np.argmax(fr))][2]:
+            # Wider than a box: digits joined across walls. Every box it spans for a good
+            # part of the box's width gets its columns, however little ink is there.
+            big = [
+                bi for bi, (bx, _, bw, _) in enumerate(fi.boxes)
+                if min(x + w, bx + bw) - max(x, bx) >= 0.35 * bw and fr[bi] >= 0.03
+            ]
+        else:
+            big = [bi for bi in range(nb) if fr[bi] >= 0.3]
+        if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in itertools.pairwise(big)):
             proj = comp.sum(axis=0).astype(np.float32)
             edges = [0]
-            for b1, b2 in zip(big, big[1:], strict=False):
+            for b1, b2 in itertools.pairwise(big):
                 wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x
                 half = 0.25 * fi.boxes[b1][2]
                 lo, hi = max(edges[-1] + 1, int(wall - half)), min(w - 1, int(wall + half) + 1)

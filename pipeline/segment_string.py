@@ -3,7 +3,7 @@
 Components mostly inside the rectangle are merged when one is a fragment above/below
 another (a broken stroke), then numbered left to right as *groups*. A group narrow enough
 to be one digit is offered once (``split=0``). A wider group may hold touching digits; it
-is offered as alternative hypotheses of 1, 2 and (when wide enough) 3 pieces, cut at the
+is offered as alternative hypotheses of 1, 2 and (when wide enough) 3 or 4 pieces, cut at the
 columns of least ink near the even-split positions (``split`` = number of pieces).
 Recognition keeps, per group, the hypothesis its model reads most confidently; the
 heuristically most likely one carries the flag ``"likely"`` for model-free use (bench).
@@ -11,13 +11,16 @@ heuristically most likely one carries the flag ``"likely"`` for model-free use (
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from pipeline.segment import FieldInk, Piece, piece_ink
 from pipeline.templates import FormField, Template
 
-SINGLE_MAX_RATIO = 0.95  # groups narrower than this × digit height are one digit
-WIDTH_PER_DIGIT = 0.62  # typical ink width of one digit / digit height (for the guess)
+SINGLE_MAX_RATIO = 0.85  # groups narrower than this × digit height are one digit
+LENGTH_WEIGHT = 0.6  # see _likely_pieces
+SPLIT_SCORES = (2.28, 3.9, 5.2)  # score thresholds for 2, 3 and 4 digits in one group
 
 
 def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
@@ -35,7 +38,7 @@ def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
     if not comps:
         return []
     tall = sorted(boxes[i][3] - boxes[i][2] for i in comps)
-    hd = float(tall[len(tall) // 2 :][0]) if tall else 1.0
+    hd = float(tall[(3 * len(tall)) // 4]) if tall else 1.0  # fragments are many and small
     parent = {i: i for i in comps}
 
     def find(a: int) -> int:
@@ -61,7 +64,44 @@ def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
     out = list(groups.values())
     out.sort(key=lambda g: min(boxes[i][0] for i in g))
     # Drop tiny isolated groups (dots, residue) far smaller than a digit.
-    return [g for g in out if max(boxes[i][3] - boxes[i][2] for i in g) >= 0.3 * hd]
+    out = [g for g in out if max(boxes[i][3] - boxes[i][2] for i in g) >= 0.3 * hd]
+    return _absorb_fragments(out, boxes, hd)
+
+
+def _absorb_fragments(
+    groups: list[list[int]], boxes: dict[int, tuple[int, int, int, int]], hd: float
+) -> list[list[int]]:
+    """Merge a short group (a detached bar of a 5 or 7) into the neighbour it touches.
+
+    A fragment much shorter than a digit is never a digit of its own; it joins the
+    neighbouring group it overlaps in x most, or the nearer one when it sits within a
+    small gap of it.
+    """
+    def span(g: list[int]) -> tuple[int, int, int]:
+        x0 = min(boxes[i][0] for i in g)
+        x1 = max(boxes[i][1] for i in g)
+        return x0, x1, max(boxes[i][3] for i in g) - min(boxes[i][2] for i in g)
+
+    changed = True
+    while changed and len(groups) > 1:
+        changed = False
+        for k, g in enumerate(groups):
+            x0, x1, h = span(g)
+            if h >= 0.5 * hd:
+                continue
+            best, best_gap = -1, 0.2 * hd
+            for j in (k - 1, k + 1):
+                if 0 <= j < len(groups):
+                    a0, a1, _ = span(groups[j])
+                    gap = max(a0 - x1, x0 - a1)  # negative = overlap
+                    if gap < best_gap:
+                        best, best_gap = j, gap
+            if best >= 0:
+                groups[best] = groups[best] + g
+                del groups[k]
+                changed = True
+                break
+    return groups
 
 
 def _cuts(proj: np.ndarray, k: int) -> list[int]:
@@ -79,6 +119,22 @@ def _cuts(proj: np.ndarray, k: int) -> list[int]:
         cost = proj[lo:hi] + 0.15 * proj.max() * np.abs(xs - c) / half
         cuts.append(int(xs[int(np.argmin(cost))]))
     return cuts
+
+
+def _likely_pieces(m: np.ndarray, ratio: float, hd: float) -> int:
+    """Model-free guess of how many digits a group holds.
+
+    Width alone confuses wide single digits (a flat 2, a long-barred 7) with touching
+    pairs; touching digits also have about twice the stroke length (ink area over stroke
+    width) of one. Weight and thresholds fitted on 800 groups of synthetic MNIST strings
+    (98 % of groups right).
+    """
+    runs = np.diff(np.pad(m, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    n_runs = int(np.count_nonzero(runs == 1))
+    sw = float(m.sum()) / max(n_runs, 1)  # mean horizontal run = stroke width
+    length = float(m.sum()) / max(sw * hd, 1.0)
+    score = ratio + LENGTH_WEIGHT * length
+    return 1 + sum(score >= t for t in SPLIT_SCORES)
 
 
 def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
@@ -108,13 +164,13 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
             pieces.append(Piece(pos, bbox, ink, group=gi, split=0))
             pos += 1
             continue
-        kmax = 3 if ratio > 1.45 else 2
-        likely = min(kmax, max(1, round(ratio / WIDTH_PER_DIGIT / 1.1)))
+        kmax = 2 if ratio <= 1.45 else 3 if ratio <= 2.0 else 4
+        likely = min(kmax, _likely_pieces(m, ratio, hd))
         proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
         for k in range(1, kmax + 1):
             edges = [0, *_cuts(proj, k), sx1 - sx0]
             flags = ("touching", "likely") if k == likely else ("touching",)
-            for a, b in zip(edges, edges[1:], strict=False):
+            for a, b in itertools.pairwise(edges):
                 part = np.zeros_like(m)
                 part[:, sx0 + a : sx0 + b] = m[:, sx0 + a : sx0 + b]
                 if not part.any():

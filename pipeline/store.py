@@ -268,6 +268,12 @@ def _manifest_frame(out: Path) -> pd.DataFrame:
 
 
 def _latest_per_key(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Visible manifest rows: the latest commit of each file content (hash).
+
+    Identity is the content, never the path: scanners reuse names (scan_0001.png every
+    day once yesterday's files are archived), and a reused name must not hide the rows
+    of a different document.
+    """
     if manifest.empty:
         return manifest
     ordered = manifest.sort_values(["committed_at", "commit"], kind="stable")

@@ -29,6 +29,7 @@ from pipeline.templates import Template
 FORMATS = ("png", "jpg", "tiff", "pdf")
 EMPTY_OPTIONAL_PROB = 0.3
 STAMP_PROB = 0.5
+MAX_MULTI_PAGES = 10
 G4_THRESHOLD = 140  # below the dropout grey (168): fax pages lose the boxes, keep the ink
 _PLAN_STREAM = 7_000_001
 _FIXED_PDF_TIME = time.gmtime(0)  # PDF dates fixed so files are byte-identical per seed
@@ -77,9 +78,9 @@ def plan_files(n_pages: int, formats: Sequence[str], seed: int,
                dpi_range: tuple[int, int] = (150, 300)) -> list[FilePlan]:
     """Split ``n_pages`` pages over output files (deterministic in ``seed``).
 
-    Multi-page formats get one file of about a sixth of the pages each (at least 2); TIFF
-    also gets a fax-style G4 file; the rest become single PNG/JPEG pages, or further
-    multi-page files (up to 8 pages) when no single-page format was asked for.
+    Each multi-page format gets about a sixth of the pages (at least 2), in files of at most
+    :data:`MAX_MULTI_PAGES`; TIFF also gets fax-style G4 files (a twelfth); the rest become
+    single PNG/JPEG pages, or further multi-page files when no single-page format was asked.
     """
     rng = np.random.default_rng([seed, _PLAN_STREAM])
     lo, hi = dpi_range
@@ -114,9 +115,13 @@ def plan_files(n_pages: int, formats: Sequence[str], seed: int,
     single = [f for f in formats if f in ("png", "jpg")]
     k = max(2, n_pages // 6)
     for fmt in multi:
-        add_multi(fmt, k)
+        # Pages of one file are held in memory until it is written: cap the file length.
+        for start in range(0, k, MAX_MULTI_PAGES):
+            add_multi(fmt, min(MAX_MULTI_PAGES, k - start))
         if fmt == "tiff":
-            add_multi("g4", max(1, n_pages // 12))
+            g4 = max(1, n_pages // 12)
+            for start in range(0, g4, MAX_MULTI_PAGES):
+                add_multi("g4", min(MAX_MULTI_PAGES, g4 - start))
     while nxt < n_pages:
         if single:
             fmt = single[int(rng.integers(0, len(single)))]
@@ -125,7 +130,7 @@ def plan_files(n_pages: int, formats: Sequence[str], seed: int,
             (i,) = take(1)
             plans.append(FilePlan(f"scan_{i:04d}.{fmt}", fmt, (i,), dpi(), (color,)))
         else:
-            add_multi(multi[len(plans) % len(multi)], min(8, k))
+            add_multi(multi[len(plans) % len(multi)], min(MAX_MULTI_PAGES, k))
     return plans
 
 
@@ -194,6 +199,32 @@ def write_file(path: Path, plan: FilePlan, images: list[np.ndarray], seed: int) 
         raise OutputError(f"cannot write {path}: {exc}") from exc
 
 
+def check_out_dir(out: str | Path, overwrite: bool) -> list[Path]:
+    """Truth files of a synthetic set already in ``out``; raises UsageError unless
+    ``overwrite`` when there are any."""
+    truth = Path(out) / "truth"
+    old = sorted(truth.glob("*.json")) if truth.is_dir() else []
+    if old and not overwrite:
+        raise UsageError(f"{out} already holds a synthetic set ({len(old)} truth files)",
+                         hint="Pass --force to replace it, or choose another --out folder.")
+    return old
+
+
+def _clear_old_set(out: Path, overwrite: bool) -> None:
+    for tpath in check_out_dir(out, overwrite):
+        try:
+            data = json.loads(tpath.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        name = str(data.get("file", "")) if isinstance(data, dict) else ""
+        try:
+            if name and Path(name).name == name:  # never follow paths out of the folder
+                (out / name).unlink(missing_ok=True)
+            tpath.unlink()
+        except OSError as exc:
+            raise OutputError(f"cannot remove the old synthetic set in {out}: {exc}") from exc
+
+
 def load_bank(digits: str, split: str = "test") -> DigitBank:
     """Handwritten digits from any source ``models.datasets.load_digits`` accepts."""
     from models.datasets import load_digits
@@ -204,12 +235,14 @@ def load_bank(digits: str, split: str = "test") -> DigitBank:
 
 def synthesize(templates: Sequence[Template], bank: DigitBank, out_dir: str | Path, *,
                pages: int, seed: int = 0, formats: Sequence[str] = FORMATS,
-               dpi_range: tuple[int, int] = (150, 300),
+               dpi_range: tuple[int, int] = (150, 300), overwrite: bool = False,
                on_page: Callable[[int], None] | None = None) -> SynthResult:
     """Write ``pages`` synthetic scans of ``templates`` and their truth files into ``out_dir``.
 
     Page ``i`` uses template ``templates[i % len(templates)]``. ``on_page`` is called after
-    each page (progress reporting).
+    each page (progress reporting). A folder that already holds a synthetic set is refused
+    unless ``overwrite``; then the old set (truth files and the files they name, nothing
+    else) is removed first, so truth and files never disagree.
     """
     from pipeline.render import render_blank
 
@@ -222,6 +255,7 @@ def synthesize(templates: Sequence[Template], bank: DigitBank, out_dir: str | Pa
         raise UsageError(f"bad dpi range {lo}-{hi}", hint="Use e.g. 150-300 (50 to 600).")
     out = Path(out_dir)
     truth_dir = out / "truth"
+    _clear_old_set(out, overwrite)
     try:
         truth_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -77,11 +77,6 @@ class FieldDecision:
     alternative_confidences: tuple[float, ...]
 
 
-def has_rules(v: Validation) -> bool:
-    """Whether any rule is set on ``v``."""
-    return any(getattr(v, name) is not None for name in type(v).model_fields)
-
-
 def luhn_valid(value: str) -> bool:
     """Luhn (mod 10) check over a digit string, check digit rightmost."""
     return sum(_luhn_term(int(c), i) for i, c in enumerate(reversed(value))) % 10 == 0

@@ -1,0 +1,360 @@
+"""Intake of a scan folder for the nightly flow: settled files only, each file exactly once.
+
+Plain functions (no Prefect) used by ``flows/nightly.py``:
+
+* :func:`snapshot` / :func:`settled` — a file whose size or mtime changed between two looks
+  a short interval apart is still being copied in; it waits for the next run.
+* :class:`StatCache` — ``OUT/intake.json`` remembers (size, mtime, ctime, inode) → sha256 of
+  files already committed, so an unchanged folder is not re-hashed every night. The
+  exactly-once record itself is the output store's commit log (``OUT/manifest``: one row
+  per file content hash, run and commit): this cache only saves reading bytes, and a
+  miss just means the file is hashed and looked up in the commit log as usual.
+* :func:`chunk_items` — groups planned files into chunks of about N pages (a file's pages
+  never straddle two chunks: a file is committed whole).
+* :class:`ChunkStore` — commits of one chunk from a process that does not hold the run's
+  lock (a Dask worker).
+* :func:`archive_file` — moves a committed source under the archive folder, keeping its
+  path relative to the scan folder and never overwriting anything.
+* :func:`is_transient` — which failures are worth a retry (I/O hiccups, not bad input).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import FormdigitsError, OutputError, OutputLockedError
+from pipeline.plan import Plan, WorkItem
+from pipeline.store import FileEntry, OutputStore, read_table
+
+STAT_CACHE = "intake.json"
+# errnos that will not go away by waiting: retrying them only delays the failure.
+_PERMANENT_ERRNOS = frozenset({
+    errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+    errno.EEXIST, errno.EINVAL, errno.ENAMETOOLONG, errno.EXDEV,
+})
+
+
+# --------------------------------------------------------------------------- settling
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What two looks at a file compare (and what the stat cache keys on)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStat | None:
+        """The file's stat now (``None`` if it vanished or cannot be stat-ed)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The first look: per file its stat, and when the look was taken."""
+
+    stats: Mapping[Path, FileStat | None]
+    taken: float  # time.monotonic()
+
+
+def snapshot(paths: Iterable[Path]) -> Snapshot:
+    """Take the first look at ``paths``."""
+    return Snapshot({p: FileStat.of(p) for p in paths}, time.monotonic())
+
+
+def settled(
+    first: Snapshot, interval_s: float, sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[Path], list[Path]]:
+    """Second look, at least ``interval_s`` after the first: ``(settled, still_changing)``.
+
+    A file counts as settled when size, mtime and inode are unchanged and it is not
+    empty-and-new (an empty file is usually a copy that has not started). Only the time
+    still missing since the first look is slept, so work done in between is free.
+    """
+    wait = interval_s - (time.monotonic() - first.taken)
+    if wait > 0 and first.stats:
+        sleep(wait)
+    ok: list[Path] = []
+    changing: list[Path] = []
+    for path, before in first.stats.items():
+        now = FileStat.of(path)
+        if now is None:
+            continue  # vanished (moved away by someone else): nothing to do with it
+        same = before is not None and (before.size, before.mtime_ns, before.inode) == (
+            now.size, now.mtime_ns, now.inode)
+        (ok if same and now.size > 0 else changing).append(path)
+    return ok, changing
+
+
+# --------------------------------------------------------------------------- stat cache
+
+
+class StatCache:
+    """``OUT/intake.json``: stat → sha256 of files whose content is already committed."""
+
+    def __init__(self, out_dir: Path, entries: dict[str, tuple[FileStat, str]] | None = None
+                 ) -> None:
+        """A cache for ``out_dir`` (use :meth:`load`)."""
+        self.path = Path(out_dir) / STAT_CACHE
+        self.entries: dict[str, tuple[FileStat, str]] = dict(entries or {})
+
+    @classmethod
+    def load(cls, out_dir: Path) -> StatCache:
+        """Read the cache; a missing or unreadable one is empty (it is only a shortcut)."""
+        cache = cls(out_dir)
+        try:
+            raw = json.loads(cache.path.read_text(encoding="utf-8"))
+            for key, (size, mtime, ctime, ino, sha) in raw.get("files", {}).items():
+                cache.entries[key] = (FileStat(size, mtime, ctime, ino), str(sha))
+        except (OSError, ValueError, TypeError, AttributeError):
+            cache.entries.clear()
+        return cache
+
+    def split(self, paths: Sequence[Path], committed: Mapping[str, FileEntry]
+              ) -> tuple[list[Path], list[Path]]:
+        """``(known_done, to_check)``: unchanged files whose hash is committed, and the rest.
+
+        A file is ``known_done`` only when its stat matches the cached one exactly (ctime
+        changes on every write, rename and chmod) and the commit log holds its hash
+        without a file-level error; everything else goes through hashing and planning.
+        """
+        done: list[Path] = []
+        rest: list[Path] = []
+        for p in paths:
+            hit = self.entries.get(_cache_key(p))
+            entry = committed.get(hit[1]) if hit is not None else None
+            ok = entry is not None and not entry.file_error and FileStat.of(p) == hit[0]  # type: ignore[index]
+            (done if ok else rest).append(p)
+        return done, rest
+
+    def remember(self, path: Path, sha: str) -> None:
+        """Record ``path`` (stat taken now) as having content ``sha``."""
+        st = FileStat.of(path)
+        if st is not None:
+            self.entries[_cache_key(path)] = (st, sha)
+
+    def prune(self, keep: Iterable[Path]) -> None:
+        """Forget files no longer in the folder (keeps the cache the folder's size)."""
+        alive = {_cache_key(p) for p in keep}
+        self.entries = {k: v for k, v in self.entries.items() if k in alive}
+
+    def save(self, store: OutputStore) -> None:
+        """Write atomically through the (locked) output store."""
+        files = {k: [s.size, s.mtime_ns, s.ctime_ns, s.inode, sha]
+                 for k, (s, sha) in sorted(self.entries.items())}
+        store.write_json(self.path, {"version": 1, "files": files})
+
+
+def _cache_key(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def processed_files(out_dir: Path) -> pd.DataFrame:
+    """Which content was processed in which run: the commit log, latest row per file hash.
+
+    Columns: key, source, file_sha256, run_id, commit, committed_at, pages, errors,
+    file_error (see docs/SCHEMA.md, ``manifest``).
+    """
+    m = read_table(out_dir, "manifest")
+    if m.empty:
+        return m
+    m = m.sort_values(["committed_at", "commit"], kind="stable")
+    return m.drop_duplicates("key", keep="last").reset_index(drop=True)
+
+
+def committed_in_run(out_dir: Path, run_id: str) -> set[str]:
+    """File keys committed by ``run_id`` (a retried chunk skips them: no file twice)."""
+    m = read_table(out_dir, "manifest")
+    return set(m.loc[m["run_id"] == run_id, "key"]) if not m.empty else set()
+
+
+def drop_failed_unchanged(plan: Plan, committed: Mapping[str, FileEntry]) -> Plan:
+    """Skip files whose exact content already failed as a whole (corrupt, unsupported, …).
+
+    ``plan_files`` retries such files on every run, which suits a person re-running
+    ``formdigits run`` after fixing something; a nightly run would only add the same error
+    row again each night. The same bytes fail the same way, so the flow retries a file
+    only when its content changes (a new hash) or with ``force``. Files that could not
+    even be hashed (key ``path:…``, e.g. a read error) are still retried.
+    """
+    keep: list[WorkItem] = []
+    skipped = list(plan.skipped)
+    for item in plan.items:
+        done = committed.get(item.file_sha256) if item.file_sha256 else None
+        if done is not None and done.file_error:
+            skipped.append(item.source)
+        else:
+            keep.append(item)
+    return Plan(tuple(keep), tuple(skipped))
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def chunk_items(items: Sequence[WorkItem], pages_per_chunk: int) -> list[tuple[WorkItem, ...]]:
+    """Consecutive groups of about ``pages_per_chunk`` pages, whole files only.
+
+    Unreadable files (0 pages, an error row each) ride along with the next chunk; a file
+    with more pages than the chunk size forms a chunk of its own.
+    """
+    if pages_per_chunk < 1:
+        raise ValueError("pages_per_chunk must be >= 1")
+    chunks: list[tuple[WorkItem, ...]] = []
+    current: list[WorkItem] = []
+    pages = 0
+    for item in items:
+        n = item.pages if item.error is None else 0
+        if current and pages + n > pages_per_chunk and pages > 0:
+            chunks.append(tuple(current))
+            current, pages = [], 0
+        current.append(item)
+        pages += n
+    if current:
+        chunks.append(tuple(current))
+    return chunks
+
+
+class ChunkStore(OutputStore):
+    """Commits of one chunk, written by a process that does not hold the run's lock.
+
+    The flow process holds ``OUT/.lock`` for the whole run; a Dask worker writes its
+    chunk's part files beside it. So this store takes no lock and deletes nothing on open
+    (another chunk may be between its result parts and its manifest part), and its commit
+    ids live in their own range: ``<run_id>-<writer * 10**6 + n>``, with ``writer`` unique
+    per chunk attempt. Rows and manifest entries still carry the run's own ``run_id``.
+    """
+
+    def __init__(self, out_dir: Path, run_id: str, writer: int) -> None:
+        # Deliberately not calling OutputStore.__init__: no lock, no clean-up.
+        if writer < 1:
+            raise ValueError("writer must be >= 1 (0 is the locked store's range)")
+        self.out = Path(out_dir)
+        self.run_id = run_id
+        self._seq = writer * 1_000_000
+        self._mutex = threading.Lock()
+        self._lock_fh = None
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def archive_file(src: Path, input_root: Path, archive_dir: Path) -> Path:
+    """Move ``src`` to ``archive_dir/<path relative to input_root>``; returns where it went.
+
+    Never overwrites: when the name is taken, ``name.1.ext``, ``name.2.ext``, … is used.
+    The move is a hard link plus unlink on one filesystem (atomic, fails if the target
+    exists) and an exclusive-create copy plus fsync plus unlink across filesystems.
+    """
+    rel = Path(os.path.relpath(os.path.abspath(src), os.path.abspath(input_root)))
+    if rel.parts and rel.parts[0] == os.pardir:
+        rel = Path(src.name)  # outside the scan folder: keep just the name
+    target = Path(archive_dir) / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        dest = target if n == 0 else target.with_name(f"{target.stem}.{n}{target.suffix}")
+        try:
+            _move_no_overwrite(src, dest)
+        except FileExistsError:
+            continue
+        return dest
+    raise OutputError(f"cannot archive {src}: 10000 names under {target.parent} are taken")
+
+
+def _move_no_overwrite(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        with open(src, "rb") as fin, open(dest, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, dest)
+    os.unlink(src)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for I/O failures that may pass on retry (not bad input, not a held lock).
+
+    An ``OSError`` anywhere in the cause chain counts unless its errno is permanent
+    (missing file, permission, read-only filesystem, …). Every other formdigits error
+    (bad settings, broken model, a locked output folder) and every bug is not retried.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OutputLockedError):
+            return False
+        if isinstance(cur, OSError):
+            return cur.errno not in _PERMANENT_ERRNOS
+        if isinstance(cur, FormdigitsError) and not isinstance(cur, OutputError):
+            return False
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+# --------------------------------------------------------------------------- process state
+
+# Runs open in this process, by run id (the flow's locked store and model; see
+# flows/nightly.py). Chunk tasks of another process (a Dask worker) find nothing here.
+OPEN_RUNS: dict[str, Any] = {}
+# First looks taken before the flow started (by scan folder), see flows.nightly.run_once.
+EARLY_LOOKS: dict[str, Snapshot] = {}
+
+_MODELS: dict[tuple[str, str, str, int], object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def model_sha256(path: Path) -> str:
+    """SHA-256 of a weights file (part of the per-process model cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_predictor(model: str, device: str = "auto", batch_size: int = 256) -> object:
+    """The predictor for ``model``, loaded once per process (keyed by path + file sha256).
+
+    A Dask worker runs many chunk tasks: loading the weights per task would cost more than
+    a small chunk. Replacing the weights file changes its hash, so the next task loads it.
+    """
+    from models.predictor import Predictor
+    from models.weights import resolve_weights
+
+    path = resolve_weights(model)
+    key = (os.path.abspath(path), model_sha256(path), device, batch_size)
+    with _MODELS_LOCK:
+        hit = _MODELS.get(key)
+        if hit is None:
+            hit = Predictor.load(path, device=device, batch_size=batch_size)
+            _MODELS[key] = hit
+    return hit

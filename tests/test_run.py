@@ -1,0 +1,303 @@
+"""The batch run: accounting of every page, resume, --force, crash safety, CLI, workers.
+
+Registration, segmentation and the CNN are replaced by small deterministic fakes so these
+tests check the orchestration itself; ``test_real_pipeline_on_synthetic_scans`` runs the
+real stages when the shipped model and sample scans exist.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import commit, store
+from pipeline.assemble import choose_crops
+from pipeline.errors import OutputLockedError, RegistrationError
+from pipeline.records import FieldCrop, Page, PageKey, RegisteredPage
+from pipeline.run import process
+from pipeline.settings import RunSettings
+from pipeline.store import OutputStore, read_table
+from pipeline.templates import Template, load_template
+
+DELIVERY = load_template("delivery")
+N_FIELDS = len(DELIVERY.fields)
+MAIN_PID = os.getpid()
+N_BOX_DIGITS = sum(f.count for f in DELIVERY.fields if f.kind != "string")
+
+
+class FakePredictor:
+    """Reads the digit from pixel (0, 0) - 1; pixel (0, 1) set means 'unsure'."""
+
+    model_version = "fake-1"
+
+    def predict_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        digit = (pixels[:, 0, 0].long() - 1) % 10
+        conf = torch.where(pixels[:, 0, 1] > 0, 0.4, 0.97)
+        probs = ((1 - conf) / 9).unsqueeze(1).repeat(1, 10)
+        probs[torch.arange(len(pixels)), digit] = conf
+        return probs
+
+
+def _crop(
+    page: PageKey,
+    field: str,
+    kind: str,
+    pos: int,
+    digit: int,
+    *,
+    unsure: bool = False,
+    group: int = 0,
+    split: int = 0,
+    x: int = 0,
+) -> FieldCrop:
+    px = np.zeros((28, 28), np.uint8)
+    px[0, 0], px[0, 1], px[14, 14] = digit + 1, int(unsure), 255
+    return FieldCrop(
+        page, "delivery", field, kind, pos, (x, 0, 10, 10), px, group=group, split=split
+    )
+
+
+def fake_register(page: Page, templates: list[Template], min_score: float) -> RegisteredPage:
+    if page.image[0, 0] == 77 and os.getpid() != MAIN_PID:  # a decoder that crashes hard
+        os.kill(os.getpid(), signal.SIGKILL)
+    if page.image[0, 0] == 0:  # black corner = "not a form"
+        raise RegistrationError(f"{page.key.source} page {page.key.page}: no template matches")
+    return RegisteredPage(
+        page.key, "delivery", page.image, (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.9, 0, "marks"
+    )
+
+
+def fake_segment(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
+    crops = []
+    for f in template.fields:
+        if f.kind == "string":  # one wide blob: read as "7" (unsure) or as "12" (sure)
+            crops.append(_crop(reg.key, f.name, f.kind, 0, 7, unsure=True, split=1))
+            crops.append(_crop(reg.key, f.name, f.kind, 2, 2, split=2, x=20))
+            crops.append(_crop(reg.key, f.name, f.kind, 1, 1, split=2, x=5))
+            continue
+        crops += [
+            _crop(reg.key, f.name, f.kind, i, (reg.key.page + i) % 10) for i in range(f.count)
+        ]
+    return crops
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.register.register_page", fake_register)
+    monkeypatch.setattr("pipeline.segment.segment_page", fake_segment)
+
+
+def _png(path: Path, corner: int = 255) -> None:
+    a = np.full((30, 20), 255, np.uint8)
+    a[0, 0] = corner
+    Image.fromarray(a).save(path)
+
+
+@pytest.fixture
+def scans(tmp_path: Path) -> Path:
+    d = tmp_path / "scans"
+    (d / "sub").mkdir(parents=True)
+    _png(d / "a.png")
+    _png(d / "sub" / "b.png", corner=250)  # different bytes: not a duplicate of a.png
+    frames = [Image.fromarray(np.full((30, 20), v, np.uint8)) for v in (255, 0, 255)]
+    frames[0].save(d / "multi.tif", save_all=True, append_images=frames[1:])
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return d
+
+
+SETTINGS = RunSettings.model_validate({"templates": ("delivery",), "workers": 0, "batch_size": 16})
+
+
+def _run(scans: Path, out: Path, **kw: object) -> object:
+    return process([scans], out, SETTINGS.model_copy(update=kw), predictor=FakePredictor())
+
+
+def test_every_page_is_accounted_for(fakes: None, scans: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = _run(scans, out)
+    assert (s.files, s.pages, s.errors, s.skipped_files) == (4, 5, 2, 0)  # type: ignore[attr-defined]
+    pages, errors = read_table(out, "pages"), read_table(out, "errors")
+    assert sorted(
+        zip(pages.source.map(lambda p: Path(p).name), pages.page, pages.status, strict=True)
+    ) == [
+        ("a.png", 0, "read"),
+        ("b.png", 0, "read"),
+        ("multi.tif", 0, "read"),
+        ("multi.tif", 1, "unregistered"),
+        ("multi.tif", 2, "read"),
+    ]
+    assert sorted(errors.error_type) == ["corrupt_file", "unregistered_page"]
+    assert errors.loc[errors.error_type == "corrupt_file", "page"].isna().all()
+    fields = read_table(out, "fields")
+    assert len(fields) == 4 * N_FIELDS and s.fields == len(fields)  # type: ignore[attr-defined]
+    amount = fields[fields.field == "amount"]
+    assert set(amount.value) == {"12"} and set(amount.n_digits) == {2}  # the sure split won
+    zips = fields[(fields.field == "zip_code") & (fields.page == 2)]
+    assert list(zips.raw_value) == ["23456"]  # digits in box order, page 2 → (2 + i) % 10
+    digits = read_table(out, "digits")
+    assert len(digits) == 4 * (N_BOX_DIGITS + 2)
+    crop = Image.open(io.BytesIO(digits.crop_png.iloc[0]))
+    assert crop.size == (28, 28)
+    assert {len(t) for t in digits.top3_digits} == {3}
+    assert (out / "settings.json").exists() and len(list((out / "runs").glob("*.json"))) == 1
+
+
+def test_rerun_skips_committed_files_and_force_supersedes(
+    fakes: None, scans: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = _run(scans, out)
+    again = _run(scans, out)
+    # The three good files are skipped; the broken one is retried (its error replaced).
+    assert (again.files, again.pages, again.skipped_files) == (1, 0, 3)  # type: ignore[attr-defined]
+    assert len(read_table(out, "errors")) == 2
+    forced = _run(scans, out, force=True)
+    assert forced.skipped_files == 0 and forced.pages == 5  # type: ignore[attr-defined]
+    fields = read_table(out, "fields")
+    assert len(fields) == 4 * N_FIELDS
+    assert set(fields.run_id) == {forced.run_id} != {first.run_id}  # type: ignore[attr-defined]
+    assert not fields.duplicated(["file_sha256", "page", "field"]).any()
+
+
+def test_crash_mid_run_then_resume_has_no_duplicates(
+    fakes: None, scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setattr(commit, "COMMIT_FILES", 1)
+    real_commit = store.OutputStore.commit
+    calls = {"n": 0}
+
+    def dies_on_third(self: OutputStore, pending: store.PendingCommit) -> str | None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed mid-run
+        return real_commit(self, pending)
+
+    monkeypatch.setattr(store.OutputStore, "commit", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(scans, out)
+    assert len(read_table(out, "manifest")) == 2
+    monkeypatch.setattr(store.OutputStore, "commit", real_commit)
+    resumed = _run(scans, out)
+    assert resumed.skipped_files == 1  # type: ignore[attr-defined]
+    pages = read_table(out, "pages")
+    assert len(pages) == 5 and not pages.duplicated(["file_sha256", "page"]).any()
+
+
+def test_duplicate_content_is_read_once(fakes: None, scans: Path, tmp_path: Path) -> None:
+    (scans / "copy_of_a.png").write_bytes((scans / "a.png").read_bytes())
+    s = _run(scans, tmp_path / "out")
+    assert (s.files, s.skipped_files) == (4, 1)  # type: ignore[attr-defined]
+
+
+def test_locked_output_is_refused(fakes: None, scans: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with OutputStore(out, "other"), pytest.raises(OutputLockedError):
+        _run(scans, out)
+
+
+def test_worker_processes_give_identical_results(fakes: None, scans: Path, tmp_path: Path) -> None:
+    _run(scans, tmp_path / "w0")
+    _run(scans, tmp_path / "w2", workers=2)
+    cols = ["source", "page", "field", "value", "confidence", "status"]
+    a = read_table(tmp_path / "w0", "fields")[cols].sort_values(cols[:3]).reset_index(drop=True)
+    b = read_table(tmp_path / "w2", "fields")[cols].sort_values(cols[:3]).reset_index(drop=True)
+    assert a.equals(b) and len(a) == 4 * N_FIELDS
+
+
+def test_page_that_kills_its_worker_becomes_an_error_row(
+    fakes: None, scans: Path, tmp_path: Path
+) -> None:
+    _png(scans / "m_poison.png", corner=77)  # sorted between a.png and multi.tif
+    s = _run(scans, tmp_path / "out", workers=2)
+    errors = read_table(tmp_path / "out", "errors")
+    crashed = errors[errors.error_type == "worker_crashed"]
+    assert [Path(p).name for p in crashed.source] == ["m_poison.png"]
+    assert s.pages == 6 and len(errors) == 3  # type: ignore[attr-defined]
+    assert len(read_table(tmp_path / "out", "fields")) == 4 * N_FIELDS
+
+
+def test_cli_run_strict_exit_code_and_read_rejects_bad_kind(
+    fakes: None, scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.cli import main
+    from models import predictor
+
+    monkeypatch.setattr(
+        predictor.Predictor, "load", classmethod(lambda cls, *a, **k: FakePredictor())
+    )
+    out = tmp_path / "out"
+    args = ["run", str(scans), "--out", str(out), "--template", "delivery", "--workers", "0"]
+    assert main(args) == 0
+    assert main([*args, "--force", "--strict"]) == 8
+    assert main(["read", str(scans / "a.png"), "--kind", "boxes:x"]) == 2
+
+
+def test_choose_crops_prefers_the_confident_split() -> None:
+    key = PageKey("s", "h", 0)
+    crops = [
+        _crop(key, "amount", "string", 0, 7, unsure=True, split=1),
+        _crop(key, "amount", "string", 1, 1, split=2, x=30),
+        _crop(key, "amount", "string", 2, 2, split=2, x=5),
+        _crop(key, "amount", "string", 3, 5, group=1),
+    ]
+    probs = FakePredictor().predict_tensor(torch.from_numpy(np.stack([c.pixels for c in crops])))
+    assert choose_crops(crops, probs.numpy()) == [2, 1, 3]  # group 0 by x, then group 1
+
+
+@pytest.mark.slow
+def test_real_pipeline_on_synthetic_scans(tmp_path: Path) -> None:
+    from models.predictor import Predictor
+    from pipeline.errors import ModelError
+
+    root = Path(__file__).resolve().parents[1] / "sample_scans"
+    if not root.is_dir() or not any(root.iterdir()):
+        pytest.skip("sample_scans/ is not there yet")
+    try:
+        Predictor.load("default", device="cpu")
+    except ModelError as exc:
+        pytest.skip(f"no shipped model: {exc}")
+    out = tmp_path / "out"
+    s = process([root], out, RunSettings.model_validate({"workers": 0, "device": "cpu"}))
+    pages, fields = read_table(out, "pages"), read_table(out, "fields")
+    assert s.pages == len(pages) > 0 and s.fields == len(fields) == pages.n_fields.sum()
+    assert (pages.status == "read").mean() > 0.5
+    assert len(read_table(out, "digits")) == fields.n_digits.sum()
+    assert set(fields.status) <= {"accepted", "needs_review", "empty"}
+
+
+def test_read_boxes_gives_one_digit_per_written_box(tmp_path: Path) -> None:
+    from pipeline.read_crops import parse_kind, read_crop_image
+
+    img = np.full((60, 150, 3), 255, np.uint8)
+    for x in (0, 50, 100, 149):  # light-red box walls vanish in the red channel
+        img[:, x] = (235, 140, 140)
+    for x0 in (20, 120):  # boxes 0 and 2 hold a dark stroke, box 1 is empty
+        img[12:48, x0 : x0 + 6] = (20, 20, 20)
+    p = tmp_path / "field.png"
+    Image.fromarray(img, "RGB").save(p)
+    reading = read_crop_image(p, "boxes:3", FakePredictor())
+    assert [d.position for d in reading.digits] == [0, 2]
+    assert len(reading.value) == 2 and reading.confidence is not None
+    with pytest.raises(Exception, match="boxes:N"):
+        parse_kind("boxes:0")
+
+
+def test_settings_precedence_env_then_flags(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    from flows.cli_run import resolve_settings
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("workers: 3\nbatch_size: 64\nreview_below: 0.5\n")
+    monkeypatch.setenv("FORMDIGITS_WORKERS", "1")
+    monkeypatch.setenv("FORMDIGITS_TEMPLATES", "delivery,survey")
+    s = resolve_settings(cfg, batch_size=32, workers=None)
+    assert (s.workers, s.batch_size, s.review_below) == (1, 32, 0.5)
+    assert s.templates == ("delivery", "survey")

@@ -1,0 +1,170 @@
+"""Output store: atomic commits, crash safety, supersede on --force, lock, schemas."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import records, schema, store
+from pipeline.errors import OutputError, OutputLockedError
+from pipeline.records import ErrorRecord, PageRecord
+from pipeline.store import FileEntry, OutputStore, PendingCommit, append_part, read_table
+
+
+def _page(sha: str, page: int, run_id: str = "r") -> dict[str, object]:
+    return PageRecord(
+        run_id, f"{sha}.png", sha, page, "delivery", 0.9, 0, "marks", "read", 3, 0.1
+    ).to_row()
+
+
+def _pending(*shas: str, pages: int = 2, run_id: str = "r") -> PendingCommit:
+    pc = PendingCommit()
+    for sha in shas:
+        pc.add(
+            FileEntry(f"{sha}.png", sha, pages, 0, False),
+            {"pages": [_page(sha, i, run_id) for i in range(pages)]},
+        )
+    return pc
+
+
+def test_schemas_match_record_dataclasses() -> None:
+    for name, cls in [
+        ("fields", records.FieldResult),
+        ("digits", records.DigitRecord),
+        ("pages", records.PageRecord),
+        ("errors", records.ErrorRecord),
+    ]:
+        assert schema.RESULT_TABLES[name].names == [f.name for f in dataclasses.fields(cls)]
+
+
+def test_read_table_on_missing_output_has_typed_columns(tmp_path: Path) -> None:
+    for name, sch in schema.RESULT_TABLES.items():
+        df = read_table(tmp_path / "nothing", name)
+        assert df.empty and list(df.columns) == sch.names
+    assert read_table(tmp_path, "manifest").empty
+    assert read_table(tmp_path, "corrections").empty
+
+
+def test_commit_makes_rows_visible_and_version_is_recorded(tmp_path: Path) -> None:
+    with OutputStore(tmp_path, "run1") as st:
+        assert st.commit(_pending("aaa", "bbb")) == "run1-00001"
+        assert st.commit(PendingCommit()) is None
+    df = read_table(tmp_path, "pages")
+    assert sorted(zip(df.file_sha256, df.page, strict=True)) == [
+        ("aaa", 0),
+        ("aaa", 1),
+        ("bbb", 0),
+        ("bbb", 1),
+    ]
+    assert str(df["page"].dtype) == "Int32"
+    meta = pq.read_schema(tmp_path / "pages" / "part-run1-00001.parquet").metadata
+    assert meta[b"formdigits.schema_version"].decode() == records.SCHEMA_VERSION
+    assert set(read_table(tmp_path, "manifest").key) == {"aaa", "bbb"}
+    # Only the committed file names, no temp files left behind.
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_crash_between_parts_and_commit_leaves_nothing_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("aaa"))
+    real = store._write_parquet
+
+    def crash_on_manifest(path: Path, table: pa.Table) -> None:
+        if path.parent.name == store.MANIFEST_DIR:
+            raise KeyboardInterrupt  # the process dies before the commit point
+        real(path, table)
+
+    monkeypatch.setattr(store, "_write_parquet", crash_on_manifest)
+    st = OutputStore(tmp_path, "run2")
+    with pytest.raises(KeyboardInterrupt):
+        st.commit(_pending("bbb"))
+    st.close()
+    monkeypatch.setattr(store, "_write_parquet", real)
+    assert (tmp_path / "pages" / "part-run2-00001.parquet").exists()  # orphan on disk
+    assert set(read_table(tmp_path, "pages").file_sha256) == {"aaa"}  # ...but invisible
+    with OutputStore(tmp_path, "run3") as st:  # next start cleans and resumes
+        assert not (tmp_path / "pages" / "part-run2-00001.parquet").exists()
+        assert "bbb" not in st.committed()
+        st.commit(_pending("bbb"))
+    df = read_table(tmp_path, "pages")
+    assert len(df) == 4 and not df.duplicated(["file_sha256", "page"]).any()
+
+
+def test_reprocessing_supersedes_older_rows(tmp_path: Path) -> None:
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("aaa", "bbb", run_id="run1"))
+    with OutputStore(tmp_path, "run2") as st:
+        st.commit(_pending("aaa", pages=1, run_id="run2"))
+    df = read_table(tmp_path, "pages")
+    got = sorted(zip(df.file_sha256, df.page, df.run_id, strict=True))
+    assert got == [("aaa", 0, "run2"), ("bbb", 0, "run1"), ("bbb", 1, "run1")]
+
+
+def test_reused_file_name_keeps_both_documents(tmp_path: Path) -> None:
+    # Identity is the content: a new document under a reused name hides nothing.
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("old", pages=1))
+    pc = PendingCommit()
+    pc.add(FileEntry("old.png", "new", 1, 0, False), {"pages": [_page("new", 0)]})
+    with OutputStore(tmp_path, "run2") as st:
+        st.commit(pc)
+        assert set(st.committed()) == {"old", "new"}
+    assert sorted(read_table(tmp_path, "pages").file_sha256) == ["new", "old"]
+
+
+def test_committed_reports_file_errors_and_unhashable_files(tmp_path: Path) -> None:
+    pc = PendingCommit()
+    err = ErrorRecord("r", "gone.png", None, None, "input", "cannot read", "").to_row()
+    pc.add(FileEntry("gone.png", None, 0, 1, True), {"errors": [err]})
+    with OutputStore(tmp_path, "r") as st:
+        st.commit(pc)
+        done = st.committed()
+    assert done["path:gone.png"].file_error
+    errs = read_table(tmp_path, "errors")
+    assert len(errs) == 1 and errs.page.isna().all() and errs.file_sha256.isna().all()
+
+
+def test_second_run_on_same_output_is_refused(tmp_path: Path) -> None:
+    with OutputStore(tmp_path, "run1"), pytest.raises(OutputLockedError):
+        OutputStore(tmp_path, "run2")
+    OutputStore(tmp_path, "run3").close()  # free again once the first run closed
+
+
+def test_disk_full_is_output_error_and_keeps_earlier_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("aaa"))
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with OutputStore(tmp_path, "run2") as st, pytest.raises(OutputError, match="No space"):
+        st.commit(_pending("bbb"))
+    monkeypatch.undo()
+    assert set(read_table(tmp_path, "pages").file_sha256) == {"aaa"}
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_append_part_for_corrections(tmp_path: Path) -> None:
+    t = pa.table({"field": ["zip"], "value": ["12345"]})
+    append_part(tmp_path, "corrections", t)
+    append_part(tmp_path, "corrections", t)
+    assert list(read_table(tmp_path, "corrections").value) == ["12345", "12345"]
+    with pytest.raises(ValueError):
+        append_part(tmp_path, "fields", t)
+
+
+def test_unwritable_output_folder_is_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError):
+        OutputStore(blocker / "out", "r")
