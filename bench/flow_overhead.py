@@ -207,6 +207,13 @@ def write_section(results: dict[str, Any]) -> None:
     BENCHMARKS.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
 
 
+def _when(results: dict[str, Any]) -> str:
+    """When a part was measured and the 1-minute load average around it."""
+    now = round(os.getloadavg()[0], 2)
+    return (f"{results['date']} – {time.strftime('%H:%M UTC', time.gmtime())}, load average "
+            f"{results['load_avg']} at start, {now} at end")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -233,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_overhead:
             results["overhead"] = overhead(work / "pages", work, args.workers, args.model,
                                            args.repeats)
-            results["overhead"]["measured"] = f"{results['date']}, load {results['load_avg']}"
+            results["overhead"]["measured"] = _when(results)
             print(json.dumps(results["overhead"]), flush=True)
         if not args.skip_dask:
             settings = {"model": args.model} if args.model else {}
             results["dask"] = scale_out(work / "pages", work, args.chunk_pages, settings)
-            results["dask"]["measured"] = f"{results['date']}, load {results['load_avg']}"
+            results["dask"]["measured"] = _when(results)
             print(json.dumps(results["dask"]), flush=True)
     finally:
         if args.keep is None:

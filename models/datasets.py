@@ -146,7 +146,10 @@ def dataset_roots() -> list[Path]:
     roots = []
     if env := os.environ.get("FORMDIGITS_DATA"):
         roots.append(Path(env))
-    roots += [PROJECT_ROOT.parent / "shared" / "datasets", Path.cwd().parent / "shared" / "datasets"]
+    roots += [
+        PROJECT_ROOT.parent / "shared" / "datasets",
+        Path.cwd().parent / "shared" / "datasets",
+    ]
     return roots
 
 
@@ -238,7 +241,8 @@ def load_digits(spec: str | Path, split: str = "train") -> DigitSet:
             lbs.append(lab)
             files.append(f)
         imgs = np.concatenate(ims)
-        return DigitSet(normalize_batch(imgs), np.concatenate(lbs), f"usps:{split}", _hash_files(files))
+        digest = _hash_files(files)
+        return DigitSet(normalize_batch(imgs), np.concatenate(lbs), f"usps:{split}", digest)
     if fmt == "corrections":
         from pipeline.review import corrections_dataset
 

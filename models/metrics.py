@@ -80,7 +80,7 @@ def error_at_reject(probs: np.ndarray, labels: np.ndarray,
     wrong = (probs.argmax(1) != labels)[order]
     out = {}
     for f in fractions:
-        keep = n - int(round(f * n))
+        keep = n - round(f * n)
         out[str(f)] = float(wrong[:keep].mean()) if keep > 0 else 0.0
     return out
 

@@ -86,14 +86,16 @@ class GroupAugmenter:
         return torch.cat([self.tf(c) for c in x8.split(self.group)])
 
 
-def ema_avg_fn(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def ema_avg_fn(
+    decay: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:
     """EMA with warm-up: the decay ramps as (1+n)/(10+n) up to ``decay``.
 
     Without the ramp the average would still be dominated by the random initial weights
     after the first epoch, which delays the first usable (and the best) checkpoint.
     """
 
-    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
         return averaged * d + current * (1.0 - d)
 
@@ -142,7 +144,7 @@ def train(
     contract = Contract(arch=cfg.arch)
     model = init if init is not None else create_model(cfg.arch)
     # channels_last: oneDNN's faster convolution layout on CPU (~25% per step here).
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, avg_fn=ema_avg_fn(cfg.ema_decay), use_buffers=True)
     x_train = torch.from_numpy(np.ascontiguousarray(images[tr_idx])).unsqueeze(1)
     y_train = torch.from_numpy(np.ascontiguousarray(labels[tr_idx], dtype=np.int64))

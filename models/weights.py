@@ -99,7 +99,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def resolve_weights(path: str | Path | None) -> Path:
     """``None``/``"default"`` → the shipped model; else the given path (must exist)."""
-    p = DEFAULT_WEIGHTS if path in (None, "default") else Path(path)  # type: ignore[arg-type]
+    p = DEFAULT_WEIGHTS if path is None or str(path) == "default" else Path(path)
     if not p.is_file():
         raise ModelError(
             f"weights file not found: {p}",
@@ -108,7 +108,9 @@ def resolve_weights(path: str | Path | None) -> Path:
     return p
 
 
-def load_model(path: str | Path | None = None, *, verify: bool = True) -> tuple[nn.Module, Contract]:
+def load_model(
+    path: str | Path | None = None, *, verify: bool = True
+) -> tuple[nn.Module, Contract]:
     """Load weights → (model in eval mode on CPU, contract). Fails clearly on tampering."""
     p = resolve_weights(path)
     meta = read_metadata(p)

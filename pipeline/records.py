@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ class Page:
     """A decoded page: grayscale uint8 image (ink dark on light paper)."""
 
     key: PageKey
-    image: np.ndarray = field(repr=False, compare=False)
+    image: np.ndarray = dataclasses.field(repr=False, compare=False)
     dpi: float | None = None
 
 
@@ -39,7 +40,7 @@ class RegisteredPage:
 
     key: PageKey
     template_id: str
-    image: np.ndarray = field(repr=False, compare=False)
+    image: np.ndarray = dataclasses.field(repr=False, compare=False)
     homography: tuple[float, ...]  # 3x3 row-major, template px -> source px
     score: float  # registration quality in [0, 1]
     orientation: int  # rotation (degrees, 0/90/180/270) that was undone
@@ -56,7 +57,7 @@ class FieldCrop:
     kind: str  # boxes | comb | date | string
     position: int  # digit index inside the field (0-based); for string fields a candidate id
     bbox: tuple[int, int, int, int]  # x, y, w, h in template pixel coordinates
-    pixels: np.ndarray = field(repr=False, compare=False)  # (28, 28) uint8, white ink on black
+    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (28, 28) uint8, white ink on black
     empty: bool = False
     flags: tuple[str, ...] = ()  # segmentation doubts, e.g. ("touching", "overrun")
     # string fields: connected groups are numbered left to right (``group``); a group that
@@ -127,7 +128,7 @@ class DigitRecord:
     confidence: float
     top3_digits: tuple[int, ...]
     top3_probs: tuple[float, ...]
-    crop_png: bytes = field(repr=False)
+    crop_png: bytes = dataclasses.field(repr=False)
 
     def to_row(self) -> dict[str, Any]:
         """Plain dict for Parquet."""

@@ -1,0 +1,309 @@
+"""Performance benchmark (issue 7): ``formdigits bench`` / ``python -m bench.perf``.
+
+One run measures, on inputs it generates itself (synthetic 300-dpi A4 scans, MNIST test
+digits): decode-only pages/s (the floor), end-to-end ``pipeline.run.process`` pages/s with
+1 and 2 workers, per-stage time per page, CNN digits/s (fp32, int8, seed baseline), the
+time to train to 99.5 % MNIST test accuracy, and RSS over a long run of page copies.
+The memory run is sampled by a psutil thread (main process + its worker children).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.perf_pages import copy_pages, make_pages, mnist_bank_or_none
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of one benchmark run (``quick`` = about a minute)."""
+
+    pages: int = 64  # distinct pages generated (decode and end-to-end runs)
+    memory_pages: int = 2000  # pages processed in the RSS run (copies of the distinct ones)
+    train: bool = True
+    train_limit_s: float = 900.0
+    quick: bool = False
+    work_dir: Path = field(default_factory=lambda: Path("/tmp/formdigits-bench"))
+
+    @classmethod
+    def make(cls, quick: bool, pages: int | None, work_dir: Path | None = None) -> BenchConfig:
+        """Defaults for a full or quick run; ``pages`` overrides the distinct page count."""
+        base = cls(pages=8, memory_pages=120, train=False, quick=True) if quick else cls()
+        upd: dict[str, Any] = {}
+        if pages is not None:
+            upd["pages"] = pages
+        if work_dir is not None:
+            upd["work_dir"] = work_dir
+        from dataclasses import replace
+
+        return replace(base, **upd)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import cv2
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "opencv": cv2.__version__, "platform": platform.platform(),
+        "mem_total_gb": round(_psutil().virtual_memory().total / 2**30, 1),
+    }
+
+
+def _psutil() -> Any:
+    import psutil
+
+    return psutil
+
+
+def _decode_one(path: str) -> int:
+    from pipeline.ingest import load_page
+    from pipeline.settings import Limits
+
+    return int(load_page(Path(path), 0, Limits(), 200).image.size)
+
+
+def _one_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def decode_rate(paths: Sequence[Path], procs: int, rounds: int = 2) -> float:
+    """Pages/s of ``pipeline.ingest.load_page`` alone in ``procs`` processes (the floor)."""
+    items = [str(p) for p in paths] * rounds
+    ctx = mp.get_context("fork")
+    with ctx.Pool(procs, initializer=_one_thread) as pool:
+        pool.map(_decode_one, items[:procs], chunksize=1)  # start and warm the processes
+        t0 = time.perf_counter()
+        pool.map(_decode_one, items, chunksize=1)
+        return len(items) / (time.perf_counter() - t0)
+
+
+def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
+                 progress: Any = None) -> dict[str, Any]:
+    """``pipeline.run.process`` into a fresh ``out``; summary + stage seconds."""
+    from pipeline.run import process
+    from pipeline.settings import RunSettings
+
+    shutil.rmtree(out, ignore_errors=True)
+    settings = RunSettings(workers=workers, device="cpu")
+    t0 = time.perf_counter()
+    summary = process([inputs], out, settings, progress=progress, predictor=predictor)
+    wall = time.perf_counter() - t0
+    run_json = json.loads((out / "runs" / f"{summary.run_id}.json").read_text())
+    return {"pages": summary.pages, "errors": summary.errors, "wall_s": wall,
+            "pages_per_s": summary.pages / wall, "stage_seconds": run_json["stage_seconds"]}
+
+
+def normalize_share(paths: Sequence[Path]) -> dict[str, float]:
+    """ms/page of segmentation with and without ``normalize_digit`` (in-process pass)."""
+    import pipeline.segment as seg
+    from pipeline.ingest import load_page
+    from pipeline.register import register_page
+    from pipeline.settings import Limits
+    from pipeline.templates import load_templates
+
+    templates = load_templates(())
+    by_id = {t.id: t for t in templates}
+    orig = seg.normalize_digit
+    spent = [0.0]
+
+    def timed(ink: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return orig(ink)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    seg_total = 0.0
+    seg.normalize_digit = timed  # type: ignore[assignment]
+    try:
+        for p in paths:
+            reg = register_page(load_page(p, 0, Limits(), 200), templates, 0.5)
+            t0 = time.perf_counter()
+            seg.segment_page(reg, by_id[reg.template_id])
+            seg_total += time.perf_counter() - t0
+    finally:
+        seg.normalize_digit = orig  # type: ignore[assignment]
+    n = max(1, len(paths))
+    return {"segment_ms": 1000 * (seg_total - spent[0]) / n, "normalize_ms": 1000 * spent[0] / n}
+
+
+class RssSampler(threading.Thread):
+    """Samples RSS of this process and its children (the page workers) every ``dt`` s."""
+
+    def __init__(self, dt: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.dt = dt
+        self.samples: list[tuple[float, float, float, int]] = []  # t, total MB, main MB, pages
+        self.pages = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        """Sample until :meth:`stop`."""
+        ps = _psutil()
+        me, t0 = ps.Process(), time.perf_counter()
+        while not self._stop.is_set():
+            main = me.memory_info().rss
+            total = main
+            for c in me.children(recursive=True):
+                try:
+                    total += c.memory_info().rss
+                except ps.Error:  # a worker that just exited
+                    pass
+            self.samples.append((time.perf_counter() - t0, total / 2**20, main / 2**20,
+                                 self.pages))
+            self._stop.wait(self.dt)
+
+    def stop(self) -> None:
+        """End sampling and wait for the thread."""
+        self._stop.set()
+        self.join()
+
+
+def memory_run(sources: Sequence[Path], cfg: BenchConfig, predictor: Any) -> dict[str, Any]:
+    """Process ``cfg.memory_pages`` page copies with 2 workers while sampling RSS."""
+    copies = cfg.work_dir / "copies"
+    shutil.rmtree(copies, ignore_errors=True)
+    copy_pages(list(sources), copies, cfg.memory_pages)
+    sampler = RssSampler()
+
+    def progress(done: int, _total: int) -> None:
+        sampler.pages = done
+
+    sampler.start()
+    try:
+        res = run_pipeline(copies, cfg.work_dir / "out_memory", 2, predictor, progress)
+    finally:
+        sampler.stop()
+    shutil.rmtree(copies, ignore_errors=True)
+    s = sampler.samples
+    q = max(1, len(s) // 4)
+    first = sum(x[1] for x in s[:q]) / q
+    last = sum(x[1] for x in s[-q:]) / q
+    return {
+        "memory_pages": res["pages"], "memory_errors": res["errors"],
+        "memory_pages_per_s": res["pages_per_s"],
+        "peak_rss_mb": max(x[1] for x in s), "peak_rss_main_mb": max(x[2] for x in s),
+        "rss_growth_mb": last - first, "rss_samples": [[round(a, 2), round(b, 1), round(c, 1), d]
+                                                       for a, b, c, d in s],
+    }
+
+
+def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
+    """Every measurement of one benchmark run, as a JSON-able dict."""
+    import torch
+
+    from models.predictor import Predictor
+    from pipeline.recognize import available_cores
+
+    bank, why = mnist_bank_or_none()
+    if bank is None:
+        return {"skipped": why + "; set FORMDIGITS_DATA or put MNIST under ../shared/datasets"}
+    load0 = os.getloadavg()
+    started = time.time()
+    res: dict[str, Any] = {"machine": machine_info(), "quick": cfg.quick}
+    pages_dir = cfg.work_dir / "pages"
+    shutil.rmtree(pages_dir, ignore_errors=True)
+    log(f"generating {cfg.pages} synthetic 300-dpi pages …")
+    t0 = time.perf_counter()
+    paths = make_pages(pages_dir, cfg.pages, bank)
+    res["generate_s"] = round(time.perf_counter() - t0, 1)
+    res["input"] = {"pages": len(paths), "dpi": 300, "formats": "colour JPEG q85 / gray PNG",
+                    "mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1)}
+    cores = available_cores()
+    log("decode-only …")
+    res["decode_pages_per_s_1proc"] = decode_rate(paths, 1)
+    res["decode_pages_per_s"] = decode_rate(paths, min(2, cores))
+    predictor = Predictor.load("default", device="cpu")
+    log("end-to-end, 1 worker …")
+    run_pipeline(pages_dir, cfg.work_dir / "out_warm", 1, predictor)  # warm caches, CNN
+    e1 = run_pipeline(pages_dir, cfg.work_dir / "out_1w", 1, predictor)
+    log("end-to-end, 2 workers …")
+    e2 = run_pipeline(pages_dir, cfg.work_dir / "out_2w", 2, predictor)
+    res["pages_per_s_1worker"] = e1["pages_per_s"]
+    res["pages_per_s_2workers"] = e2["pages_per_s"]
+    res["e2e_errors"] = e1["errors"] + e2["errors"]
+    res["ratio_to_decode"] = e2["pages_per_s"] / res["decode_pages_per_s"]
+    n = max(1, e1["pages"])
+    stage = {k: 1000 * v / n for k, v in e1["stage_seconds"].items()}
+    split = normalize_share(paths[: min(len(paths), 8)])
+    if "segment" in stage:
+        frac = split["normalize_ms"] / max(1e-9, split["segment_ms"] + split["normalize_ms"])
+        stage["normalize"] = stage["segment"] * frac
+        stage["segment"] -= stage["normalize"]
+    res["stage_ms"] = {k: round(v, 2) for k, v in sorted(stage.items())}
+    log("CNN …")
+    from bench.perf_cnn import cnn_bench, train_bench
+
+    torch.set_num_threads(cores)
+    cnn = cnn_bench(cfg.quick)
+    res["cnn"] = cnn
+    res["cnn_digits_per_s"] = cnn["fp32_digits_per_s"]
+    res["seed_cnn_digits_per_s"] = cnn["seed_cnn_digits_per_s"]
+    log(f"memory: {cfg.memory_pages} pages …")
+    res.update(memory_run(paths, cfg, predictor))
+    res["train_seconds_to_995"] = None
+    if cfg.train:
+        log("training to 99.5 % …")
+        torch.set_num_threads(cores)
+        res.update(train_bench(cfg.train_limit_s))
+    res["load_average_start"] = [round(x, 2) for x in load0]
+    res["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["measured_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(started))
+    res["bench_seconds"] = round(time.time() - started, 1)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.perf [--quick] [--pages N] [--out results.json]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pages", type=int, default=None)
+    ap.add_argument("--memory-pages", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    a = ap.parse_args(argv)
+    cfg = BenchConfig.make(a.quick, a.pages)
+    if a.memory_pages is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, memory_pages=a.memory_pages)
+    res = run_bench(cfg)
+    text = json.dumps(res, indent=1)
+    if a.out:
+        a.out.write_text(text + "\n")
+    if a.plot and "rss_samples" in res:
+        from bench.perf_plot import plot
+
+        plot(res, a.plot)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("rss_samples",)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Inputs of the performance benchmark: synthetic 300-dpi A4 scans and cheap copies.
+
+Pages come from :func:`pipeline.synth.make_page` with MNIST test digits, written the way
+office scanners deliver them: colour pages as JPEG, grayscale pages as PNG. The memory run
+needs thousands of *distinct* files (the planner skips duplicate content), so a few
+distinct pages are copied with a unique trailer after the image data: decoders stop at
+the end-of-image marker, so each copy decodes to the same page but hashes differently.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataNotFoundError, DatasetFormatError
+
+SCAN_DPI = 300
+SEED = 20261125
+
+
+def mnist_bank_or_none() -> tuple[object | None, str]:
+    """The MNIST test digit bank, or ``None`` and why it is unavailable."""
+    from pipeline.synth import load_bank
+
+    try:
+        return load_bank("mnist", split="test"), ""
+    except (DataNotFoundError, DatasetFormatError, OSError) as exc:
+        return None, f"MNIST test digits unavailable ({exc})"
+
+
+def make_pages(out: Path, n: int, bank: object, seed: int = SEED) -> list[Path]:
+    """Write ``n`` filled 300-dpi A4 scans into ``out``; even pages colour JPEG, odd gray PNG."""
+    import cv2
+
+    from pipeline.handwriting import FILL_DPI
+    from pipeline.render import render_blank
+    from pipeline.synth import make_page
+    from pipeline.templates import load_templates
+
+    templates = load_templates(())
+    blanks = {t.id: render_blank(t, FILL_DPI, color=True) for t in templates}
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i in range(n):
+        t = templates[i % len(templates)]
+        rng = np.random.default_rng([seed, i])
+        color = i % 2 == 0
+        img, _ = make_page(t, blanks[t.id], bank, rng, dpi=SCAN_DPI,  # type: ignore[arg-type]
+                           color=color)
+        if color:
+            path = out / f"scan_{i:05d}.jpg"
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]),
+                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
+        else:
+            path = out / f"scan_{i:05d}.png"
+            ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:
+            raise RuntimeError(f"cannot encode {path}")
+        path.write_bytes(buf.tobytes())
+        paths.append(path)
+    return paths
+
+
+def copy_pages(sources: list[Path], out: Path, count: int) -> list[Path]:
+    """``count`` distinct files cycling over ``sources`` (unique trailer per copy)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        dst = out / f"copy_{i:05d}{src.suffix}"
+        shutil.copyfile(src, dst)
+        with dst.open("ab") as fh:
+            fh.write(f"formdigits-bench-copy-{i}".encode())
+        paths.append(dst)
+    return paths
