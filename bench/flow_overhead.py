@@ -161,13 +161,11 @@ def write_section(results: dict[str, Any]) -> None:
     """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
     o, d = results.get("overhead"), results.get("dask")
     lines = [SECTION, "",
-             f"Measured {results['date']} on {results['machine']} "
-             f"(load average at start {results['load_avg']}; the machine is shared, so "
-             "timings are noisy). Command: `.venv/bin/python -m bench.flow_overhead "
-             f"--pages {results['pages']} --repeats {results.get('repeats', 1)}"
-             f"{' --model ' + results['model'] if results.get('model') else ''}`. "
-             f"{results['pages']} pages made from sample_scans/ (distinct hashes). Model: "
-             f"{results.get('model_note') or 'the shipped default'}.", ""]
+             f"Last updated {results['date']}; {results['machine']}, shared with other "
+             "engineers, so timings are noisy. Command: `.venv/bin/python -m bench.flow_overhead "
+             f"--pages {results['pages']} [--repeats N] [--model FILE]` "
+             f"({results['pages']} pages made from sample_scans/, distinct hashes). Each "
+             "part below says when and with which weights it was measured.", ""]
     if o:
         ok = "meets" if o["ratio"] <= 1.10 else "misses"
         lines += ["| command | wall s (median) | each | pages | pages/s (first, summary) |",
@@ -177,7 +175,9 @@ def write_section(results: dict[str, Any]) -> None:
                   f"| `formdigits flow` (ephemeral API) | {o['flow_wall_s']} | "
                   f"{o.get('flow_walls', '')} | {o['flow_pages']} | {o['flow_pages_per_s']} |",
                   "",
-                  f"Measured {o['measured']}. Flow / run wall time: **{o['ratio']}** "
+                  f"Measured {o['measured']}; weights: {o.get('model', 'shipped default')}; "
+                  f"{o.get('repeats', 1)} alternating run/flow pairs. "
+                  f"Flow / run wall time: **{o['ratio']}** "
                   f"({ok} the ≤ 1.10 target). Both are "
                   "fresh processes; the flow's wall time includes starting Prefect's ephemeral "
                   "API (in parallel with model loading) and the 2 s settle look.", ""]
@@ -190,9 +190,12 @@ def write_section(results: dict[str, Any]) -> None:
                   f"{w1['cpu_s_per_page']} | {w1['worker_cores_used']} |",
                   f"| 2 workers | {w2['pages']} | {w2['seconds']} | {w2['pages_per_s']} | "
                   f"{w2['cpu_s_per_page']} | {w2['worker_cores_used']} |", "",
-                  f"Measured {d['measured']}. Speed-up 2 vs 1 worker: **{d['speedup']}×** "
+                  f"Measured {d['measured']}; weights: {d.get('model', 'shipped default')}. "
+                  f"Speed-up 2 vs 1 worker: **{d['speedup']}×** "
                   f"({ok} the ≥ 1.6× target; "
                   f"chunks of {d['chunk_pages']} pages).", ""]
+    for note in results.get("notes", []):
+        lines += [note, ""]
     text = BEGIN + "\n" + "\n".join(lines).rstrip("\n") + "\n" + END
     old = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
     if BEGIN in old and END in old:
@@ -241,18 +244,21 @@ def main(argv: list[str] | None = None) -> int:
             results["overhead"] = overhead(work / "pages", work, args.workers, args.model,
                                            args.repeats)
             results["overhead"]["measured"] = _when(results)
+            results["overhead"]["model"] = args.model_note or args.model or "shipped default"
             print(json.dumps(results["overhead"]), flush=True)
         if not args.skip_dask:
             settings = {"model": args.model} if args.model else {}
             results["dask"] = scale_out(work / "pages", work, args.chunk_pages, settings)
             results["dask"]["measured"] = _when(results)
+            results["dask"]["model"] = args.model_note or args.model or "shipped default"
             print(json.dumps(results["dask"]), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     results["load_avg_end"] = round(os.getloadavg()[0], 2)
-    if RESULTS.exists():  # a skipped part keeps its previous measurement
+    if RESULTS.exists():  # a skipped part keeps its previous measurement (and the notes)
         previous = json.loads(RESULTS.read_text(encoding="utf-8"))
+        results.setdefault("notes", previous.get("notes", []))
         for part in ("overhead", "dask"):
             if part not in results and part in previous:
                 results[part] = {**previous[part], "measured": previous[part].get(

@@ -10,8 +10,11 @@ as soon as all its crops are read, so memory stays flat however many pages there
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -121,14 +124,29 @@ def debug_picture(debug_dir: str, work: PageWork, template: Template,
         return
     from pipeline.debug import write_debug
 
-    name = work.item.source.strip("/").replace("/", "__").replace("\\", "__")
-    path = Path(debug_dir) / f"{name}.p{work.item.page:03d}.png"
+    path = Path(debug_dir) / debug_file_name(work.item.source, work.item.page)
     try:
         write_debug(path, work.debug_reg, template, work.crops,
                     {f.field: f.value or "" for f in outcome.fields})
     except Exception as exc:  # a debug picture must never cost the page its reading
         log.warning("debug picture for %s page %d failed: %s", work.item.source,
                     work.item.page, exc)
+
+
+def debug_file_name(source: str, page: int) -> str:
+    """A safe, unique file name for the debug picture of ``source`` page ``page``.
+
+    Derived from an input path the user does not control: only word characters, ``.``
+    and ``-`` survive (no separators, so nothing lands outside the debug folder; no
+    control characters), a leading dot is dropped (no hidden files), the readable part is
+    capped so the name stays under the 255-byte limit of file systems, and a hash of the
+    full source keeps ``a/b.png`` and ``a__b.png`` from overwriting each other.
+    """
+    readable = re.sub(r"[^\w.-]+", "_", source.replace("\\", "/").strip("/")).lstrip("._")
+    while len(readable.encode()) > 120:  # bytes, not characters: non-ASCII names count more
+        readable = readable[1:]
+    digest = hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{readable or 'page'}-{digest}.p{page:03d}.png"
 
 
 def error_info(exc: BaseException, stage: str = "") -> ErrorInfo:
@@ -170,12 +188,32 @@ def _keep(x: Any) -> Any:
     return x
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(_worker_id: int, parent: int | None = None) -> None:
     # One thread per worker: the parallelism is the worker count, not BLAS/OpenCV threads.
     import cv2
 
+    _die_with_parent(parent)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: SIGKILL this worker when the run process dies.
+
+    Found by the SIGKILL bench: a worker blocked on its full result queue never noticed a
+    killed parent and lived on forever, holding memory (and, before store.py dropped
+    inherited locks, the output folder's lock). Elsewhere this is a no-op.
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
 
 
 def available_cores() -> int:
@@ -190,16 +228,25 @@ def configure_main_threads(workers: int) -> int:
     """Give the main process (the CNN) the cores the workers leave free; returns that."""
     n = max(1, available_cores() - workers)
     torch.set_num_threads(n)
+    if workers > 0:
+        # Workers are forked from this process: an OpenCV thread pool alive at fork time
+        # leaves its lock held in the children, which then hang in their first cv2 call.
+        # The main process does no image work while workers run, so it needs no pool.
+        import cv2
+
+        cv2.setNumThreads(0)
     return n
 
 
 def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: RunSettings,
             workers: int) -> DataLoader[PageWork]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
+    n = min(workers, len(items))
     return DataLoader(
         PageDataset(items, templates, settings), batch_size=None, shuffle=False,
-        num_workers=min(workers, len(items)), collate_fn=_keep, worker_init_fn=_worker_init,
-        persistent_workers=False, prefetch_factor=4,
+        num_workers=n, collate_fn=_keep,
+        worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
+        persistent_workers=False, prefetch_factor=4 if n else None,
     )
 
 

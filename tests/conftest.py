@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 # Tests share a 2-core machine with DataLoader workers: keep torch single-threaded.
 torch.set_num_threads(1)
+# DataLoader workers are forked from the test process: an OpenCV thread pool created by an
+# earlier test would leave its lock held in the children (they hang). No pool, no hang.
+cv2.setNumThreads(0)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 

@@ -361,7 +361,10 @@ def test_dask_local_cluster_gives_identical_tables(fakes: None, scans: Path,
 
 
 @pytest.mark.slow
-def test_real_sample_scans(tmp_path: Path) -> None:
+def test_real_sample_scans_on_dask_equal_run(tmp_path: Path) -> None:
+    """Real stages and the shipped model: the flow on 2 Dask workers writes what run writes."""
+    from distributed import LocalCluster
+
     from models.weights import DEFAULT_WEIGHTS
 
     if not DEFAULT_WEIGHTS.is_file() or not (REPO / "sample_scans").is_dir():
@@ -369,31 +372,14 @@ def test_real_sample_scans(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     shutil.copytree(REPO / "sample_scans", scans, ignore=shutil.ignore_patterns("truth", "*.md"))
     settings = {"workers": 1}
-    r = nightly.process_scan_folder(str(scans), str(tmp_path / "flow"), settings=settings,
-                                    settle_seconds=SETTLE, chunk_pages=8)
-    assert r["pages"] == 14 and r["new_files"] == 12
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        r = nightly.process_scan_folder(str(scans), str(tmp_path / "flow"), settings=settings,
+                                        settle_seconds=SETTLE, chunk_pages=3,
+                                        dask_address=cluster.scheduler_address)
+    assert r["pages"] == 14 and r["new_files"] == 12 and not r["failed_chunks"]
     process([scans], tmp_path / "run", RunSettings.model_validate(settings))
     assert_same_tables(tmp_path / "flow", tmp_path / "run")
-
-
-def test_prefect_yaml_matches_the_flow() -> None:
-    import inspect
-
-    import yaml
-    from prefect.cli.deploy._models import DeploymentConfig
-
-    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (dep,) = doc["deployments"]
-    path, name = dep["entrypoint"].split(":")
-    assert (REPO / path).is_file() and name == nightly.process_scan_folder.fn.__name__
-    params = inspect.signature(nightly.process_scan_folder.fn).parameters
-    assert set(dep["parameters"]) <= set(params)
-    RunSettings.model_validate(dep["parameters"]["settings"])
-    cfg = DeploymentConfig.model_validate(dep)
-    assert cfg.concurrency_limit is not None
-    assert dep["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
-    assert dep["schedules"][0]["cron"] == "0 2 * * *"
-    assert dep["schedules"][0]["timezone"] == "Europe/Berlin"
 
 
 EMBEDDED = """
