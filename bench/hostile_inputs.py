@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,7 +86,7 @@ def _write(data: bytes | Callable[[Image.Image], bytes]) -> Builder:
     return build
 
 
-def _save(convert: Callable[[Image.Image], Image.Image], **kw: object) -> Builder:
+def _save(convert: Callable[[Image.Image], Image.Image], **kw: Any) -> Builder:
     def build(path: Path, page: Image.Image) -> None:
         convert(page).save(path, **kw)
     return build

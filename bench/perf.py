@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.perf_pages import copy_pages, make_pages, mnist_bank_or_none
+from bench.perf_pages import SEED, copy_pages, make_pages, mnist_bank_or_none
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,20 @@ def _one_thread() -> None:
 def decode_rate(paths: Sequence[Path], procs: int, rounds: int = 2) -> float:
     """Pages/s of ``pipeline.ingest.load_page`` alone in ``procs`` processes (the floor)."""
     items = [str(p) for p in paths] * rounds
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     with ctx.Pool(procs, initializer=_one_thread) as pool:
         pool.map(_decode_one, items[:procs], chunksize=1)  # start and warm the processes
         t0 = time.perf_counter()
         pool.map(_decode_one, items, chunksize=1)
         return len(items) / (time.perf_counter() - t0)
+
+
+def _in_spawned(fn: Any, *args: Any) -> Any:
+    # OpenCV work in THIS process would start its thread pool, and a page worker forked
+    # later by the DataLoader can deadlock on it; so such work runs in a fresh process.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
@@ -146,69 +154,105 @@ def normalize_share(paths: Sequence[Path]) -> dict[str, float]:
             seg.segment_page(reg, by_id[reg.template_id])
             seg_total += time.perf_counter() - t0
     finally:
-        seg.normalize_digit = orig  # type: ignore[assignment]
+        seg.normalize_digit = orig
     n = max(1, len(paths))
     return {"segment_ms": 1000 * (seg_total - spent[0]) / n, "normalize_ms": 1000 * spent[0] / n}
 
 
 class RssSampler(threading.Thread):
-    """Samples RSS of this process and its children (the page workers) every ``dt`` s."""
+    """Samples RSS and PSS of process ``pid`` and its children every ``dt`` seconds.
 
-    def __init__(self, dt: float = 0.25) -> None:
+    RSS summed over the tree counts pages the forked workers share with the main process
+    once per process (an over-estimate); PSS splits shared pages fairly (the true total).
+    """
+
+    def __init__(self, pid: int, pages: Any, dt: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.dt = dt
-        self.samples: list[tuple[float, float, float, int]] = []  # t, total MB, main MB, pages
-        self.pages = 0
-        self._stop = threading.Event()
+        self.pid, self.pages, self.dt = pid, pages, dt
+        # t, RSS total MB, RSS main MB, PSS total MB, pages done
+        self.samples: list[tuple[float, float, float, float, int]] = []
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        """Sample until :meth:`stop`."""
+        """Sample until :meth:`stop` (or until the process is gone)."""
         ps = _psutil()
-        me, t0 = ps.Process(), time.perf_counter()
-        while not self._stop.is_set():
-            main = me.memory_info().rss
-            total = main
-            for c in me.children(recursive=True):
+        t0 = time.perf_counter()
+        try:
+            root = ps.Process(self.pid)
+        except ps.Error:
+            return
+        while not self._halt.is_set():
+            rss = pss = main = 0.0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except ps.Error:
+                break
+            for i, p in enumerate(procs):
                 try:
-                    total += c.memory_info().rss
+                    info = p.memory_full_info()
                 except ps.Error:  # a worker that just exited
-                    pass
-            self.samples.append((time.perf_counter() - t0, total / 2**20, main / 2**20,
-                                 self.pages))
-            self._stop.wait(self.dt)
+                    continue
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+                if i == 0:
+                    main = info.rss
+            self.samples.append((time.perf_counter() - t0, rss / 2**20, main / 2**20,
+                                 pss / 2**20, int(self.pages.value)))
+            self._halt.wait(self.dt)
 
     def stop(self) -> None:
         """End sampling and wait for the thread."""
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
-def memory_run(sources: Sequence[Path], cfg: BenchConfig, predictor: Any) -> dict[str, Any]:
-    """Process ``cfg.memory_pages`` page copies with 2 workers while sampling RSS."""
+def _memory_child(copies: Path, out: Path, pages: Any, result: Any) -> None:
+    # A fresh process like `formdigits run`: the bench's own arrays do not count.
+    from models.predictor import Predictor
+
+    def progress(done: int, _total: int) -> None:
+        pages.value = done
+
+    res = run_pipeline(copies, out, 2, Predictor.load("default", device="cpu"), progress)
+    result.put({k: v for k, v in res.items() if k != "stage_seconds"})
+
+
+def memory_run(sources: Sequence[Path], cfg: BenchConfig) -> dict[str, Any]:
+    """Process ``cfg.memory_pages`` page copies with 2 workers while sampling memory."""
     copies = cfg.work_dir / "copies"
     shutil.rmtree(copies, ignore_errors=True)
     copy_pages(list(sources), copies, cfg.memory_pages)
-    sampler = RssSampler()
-
-    def progress(done: int, _total: int) -> None:
-        sampler.pages = done
-
+    ctx = mp.get_context("spawn")
+    pages, result = ctx.Value("i", 0), ctx.Queue()
+    child = ctx.Process(target=_memory_child,
+                        args=(copies, cfg.work_dir / "out_memory", pages, result))
+    child.start()
+    sampler = RssSampler(child.pid or 0, pages)
     sampler.start()
     try:
-        res = run_pipeline(copies, cfg.work_dir / "out_memory", 2, predictor, progress)
+        res = result.get()
+        child.join()
+        result.close()
     finally:
         sampler.stop()
+        if child.is_alive():
+            child.terminate()
     shutil.rmtree(copies, ignore_errors=True)
-    s = sampler.samples
+    # Only the samples while pages were flowing (not interpreter start / model load).
+    s = [x for x in sampler.samples if 0 < x[4] < res["pages"]] or sampler.samples
     q = max(1, len(s) // 4)
-    first = sum(x[1] for x in s[:q]) / q
-    last = sum(x[1] for x in s[-q:]) / q
+
+    def growth(col: int) -> float:
+        return sum(x[col] for x in s[-q:]) / q - sum(x[col] for x in s[:q]) / q
+
     return {
         "memory_pages": res["pages"], "memory_errors": res["errors"],
         "memory_pages_per_s": res["pages_per_s"],
         "peak_rss_mb": max(x[1] for x in s), "peak_rss_main_mb": max(x[2] for x in s),
-        "rss_growth_mb": last - first, "rss_samples": [[round(a, 2), round(b, 1), round(c, 1), d]
-                                                       for a, b, c, d in s],
+        "peak_pss_mb": max(x[3] for x in s),
+        "rss_growth_mb": growth(1), "pss_growth_mb": growth(3),
+        "rss_samples": [[round(a, 2), round(b, 1), round(c, 1), round(d, 1), e]
+                        for a, b, c, d, e in sampler.samples],
     }
 
 
@@ -229,7 +273,10 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     shutil.rmtree(pages_dir, ignore_errors=True)
     log(f"generating {cfg.pages} synthetic 300-dpi pages …")
     t0 = time.perf_counter()
-    paths = make_pages(pages_dir, cfg.pages, bank)
+    with mp.get_context("spawn").Pool(2) as pool:  # spawn: see _in_spawned
+        parts = pool.starmap(make_pages, [(pages_dir, cfg.pages, bank, SEED, k, 2)
+                                          for k in range(2)])
+    paths = sorted(p for part in parts for p in part)
     res["generate_s"] = round(time.perf_counter() - t0, 1)
     res["input"] = {"pages": len(paths), "dpi": 300, "formats": "colour JPEG q85 / gray PNG",
                     "mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1)}
@@ -249,7 +296,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     res["ratio_to_decode"] = e2["pages_per_s"] / res["decode_pages_per_s"]
     n = max(1, e1["pages"])
     stage = {k: 1000 * v / n for k, v in e1["stage_seconds"].items()}
-    split = normalize_share(paths[: min(len(paths), 8)])
+    split = _in_spawned(normalize_share, paths[: min(len(paths), 8)])
     if "segment" in stage:
         frac = split["normalize_ms"] / max(1e-9, split["segment_ms"] + split["normalize_ms"])
         stage["normalize"] = stage["segment"] * frac
@@ -264,7 +311,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     res["cnn_digits_per_s"] = cnn["fp32_digits_per_s"]
     res["seed_cnn_digits_per_s"] = cnn["seed_cnn_digits_per_s"]
     log(f"memory: {cfg.memory_pages} pages …")
-    res.update(memory_run(paths, cfg, predictor))
+    res.update(memory_run(paths, cfg))
     res["train_seconds_to_995"] = None
     if cfg.train:
         log("training to 99.5 % …")
@@ -285,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--pages", type=int, default=None)
     ap.add_argument("--memory-pages", type=int, default=None)
+    ap.add_argument("--train-limit-s", type=float, default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -293,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, memory_pages=a.memory_pages)
+    if a.train_limit_s is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train_limit_s=a.train_limit_s)
     res = run_bench(cfg)
     text = json.dumps(res, indent=1)
     if a.out:

@@ -10,7 +10,9 @@ measured too (it only touches the Linear head, so it is mostly a control).
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -95,7 +97,9 @@ def cnn_bench(quick: bool) -> dict[str, Any]:
     }
     for name, make in variants.items():
         try:
-            qmodel = make()
+            with warnings.catch_warnings():  # torch.ao deprecation notices: noise here
+                warnings.simplefilter("ignore")
+                qmodel = make()
             fn = run_with(qmodel, channels_last=False)
             out[f"{name}_digits_per_s"] = _throughput(fn, x, min_s)
             acc = _accuracy(fn, x, y)
@@ -127,11 +131,9 @@ def train_bench(limit_s: float, target: float = 0.995) -> dict[str, Any]:
             raise StopTraining
 
     t0 = time.perf_counter()
-    try:
+    with contextlib.suppress(StopTraining):
         train(tr.images, tr.labels, TrainConfig(), test=(te.images, te.labels),
               on_epoch=on_epoch)
-    except StopTraining:
-        pass
     return {
         "train_seconds_to_995": round(float(reached["seconds"]), 1) if reached else None,
         "train_epochs_to_995": reached.get("epoch"),

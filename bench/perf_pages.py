@@ -30,8 +30,10 @@ def mnist_bank_or_none() -> tuple[object | None, str]:
         return None, f"MNIST test digits unavailable ({exc})"
 
 
-def make_pages(out: Path, n: int, bank: object, seed: int = SEED) -> list[Path]:
-    """Write ``n`` filled 300-dpi A4 scans into ``out``; even pages colour JPEG, odd gray PNG."""
+def make_pages(out: Path, n: int, bank: object, seed: int = SEED, start: int = 0,
+               step: int = 1) -> list[Path]:
+    """Write filled 300-dpi A4 scans ``start, start+step, … < n`` into ``out`` (even pages
+    colour JPEG, odd pages gray PNG; page ``i`` is a pure function of ``seed`` and ``i``)."""
     import cv2
 
     from pipeline.handwriting import FILL_DPI
@@ -43,7 +45,7 @@ def make_pages(out: Path, n: int, bank: object, seed: int = SEED) -> list[Path]:
     blanks = {t.id: render_blank(t, FILL_DPI, color=True) for t in templates}
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for i in range(n):
+    for i in range(start, n, step):
         t = templates[i % len(templates)]
         rng = np.random.default_rng([seed, i])
         color = i % 2 == 0

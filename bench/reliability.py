@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from bench.hostile_inputs import Case, build_folder, cases
+from bench.hostile_inputs import Case, build_folder
 from bench.reliability_faults import CLI, Row, concurrent_runs, disk_full, kill_trials
 from pipeline.store import read_table
 
@@ -144,7 +144,7 @@ def _limits_config(work: Path, folder: Path) -> list[Row]:
     for name in ("hundred_pages.pdf", "clean.png"):
         shutil.copy(folder / name, sub / name)
     cfg = work / "limits.yaml"
-    cfg.write_text("limits:\n  max_pdf_pages: 50\n  max_file_bytes: 200000\n")
+    cfg.write_text("limits:\n  max_pdf_pages: 50\n  max_pixels: 3000000\n")
     out = work / "limits_out"
     r = subprocess.run([*CLI, "run", str(sub), "--out", str(out), "--config", str(cfg)],
                        cwd=work, capture_output=True, text=True, check=False)
@@ -153,9 +153,10 @@ def _limits_config(work: Path, folder: Path) -> list[Row]:
                                                       strict=True)}
     pdf, png = kinds.get("hundred_pages.pdf"), kinds.get("clean.png")
     ok = (r.returncode == 0 and pdf is not None and pdf[0] == "limit_exceeded"
-          and "max_pdf_pages" in pdf[1] and png is not None and "max_file_bytes" in png[1])
+          and "max_pdf_pages" in pdf[1] and png is not None and png[0] == "limit_exceeded"
+          and "max_pixels" in png[1])
     return [Row("security", "limits from --config: max_pdf_pages=50 on the 100-page PDF, "
-                "max_file_bytes=200 kB on a 300 kB page",
+                "max_pixels=3 M on a 3.8 M-pixel page",
                 "limit_exceeded rows naming the setting; exit 0",
                 f"exit {r.returncode}; {pdf and _short(pdf[1])}; {png and _short(png[1])}", ok)]
 
@@ -183,14 +184,13 @@ def _unreadable(work: Path) -> list[Row]:
                 raise PermissionError(errno.EACCES, "Permission denied", str(path))
             return real_open(path, *a, **k)  # type: ignore[call-overload]
 
-        ingest.open = denied  # type: ignore[attr-defined]
+        vars(ingest)["open"] = denied  # module global shadows the builtin
     else:
         target.chmod(0)
     try:
         rc = main(args)
     finally:
-        if hasattr(ingest, "open"):
-            del ingest.open  # type: ignore[attr-defined]
+        vars(ingest).pop("open", None)
         target.chmod(0o644)
     e = read_table(work / "perm_out", "errors")
     got = f"{e.error_type.iloc[0]}: “{_short(e.message.iloc[0])}”" if len(e) else "no row"
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--dpi", "150-200", "--out", str(kill_in)], cwd=work,
                        capture_output=True, check=True)
         rows += kill_trials(kill_in, work, args.kills)
-        rows += concurrent_runs(kill_in, work)
+        rows += concurrent_runs(work / "in", work)
         rows += disk_full(sorted(kill_in.glob("scan_*.png"))[:3], work)
         rows += security_rows(work)
     finally:

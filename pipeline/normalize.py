@@ -58,8 +58,8 @@ def normalize_digit(
     # Centre of mass of the scaled digit, then the offset that puts it at the canvas centre.
     cy = float((small.sum(axis=1) * np.arange(nh)).sum()) / total
     cx = float((small.sum(axis=0) * np.arange(nw)).sum()) / total
-    top = int(round((input_size - 1) / 2.0 - cy))
-    left = int(round((input_size - 1) / 2.0 - cx))
+    top = round((input_size - 1) / 2.0 - cy)
+    left = round((input_size - 1) / 2.0 - cx)
     top = min(max(top, 0), input_size - nh)
     left = min(max(left, 0), input_size - nw)
     out[top : top + nh, left : left + nw] = np.rint(small).astype(np.uint8)

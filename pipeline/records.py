@@ -57,7 +57,7 @@ class FieldCrop:
     kind: str  # boxes | comb | date | string
     position: int  # digit index inside the field (0-based); for string fields a candidate id
     bbox: tuple[int, int, int, int]  # x, y, w, h in template pixel coordinates
-    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (28, 28) uint8, white ink on black
+    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (28, 28) uint8
     empty: bool = False
     flags: tuple[str, ...] = ()  # segmentation doubts, e.g. ("touching", "overrun")
     # string fields: connected groups are numbered left to right (``group``); a group that

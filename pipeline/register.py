@@ -63,6 +63,9 @@ class _Pose:
     method: str
 
 
+MIN_PAGE_SIDE_PX = 64  # below this, no registration mark or code cell is even 1 px
+
+
 def _estimate_dpi(page: Page, templates: Sequence[Template]) -> float:
     """Source dpi: the declared one when it agrees with the page size, else from the size.
 
@@ -348,6 +351,11 @@ def register_page(
     img = page.image
     if img.ndim != 2 or img.dtype != np.uint8:
         raise RegistrationError(f"page image must be 2-D uint8, got {img.dtype} {img.shape}")
+    if min(img.shape) < MIN_PAGE_SIDE_PX:
+        # Found by fuzzing: OpenCV's ORB pyramid asserts on tiny images. Nothing this small
+        # can hold a form, so say so instead of failing with an internal error.
+        raise RegistrationError(f"page is only {img.shape[1]}x{img.shape[0]} px: too small "
+                                "to be a scanned form")
     refs = [template_ref(t) for t in templates]
     src_dpi = _estimate_dpi(page, templates)
     # Work on a copy near WORK_DPI: big scans are shrunk once with area averaging, so the

@@ -2,9 +2,11 @@
 
 Per field: cut the region (with a margin) from the registered page, estimate the paper
 background (grey closing) and turn the page into *ink* (background minus gray, bright on
-dark), binarize it relative to the field's own ink level, remove the printed box walls at
-their known positions (restoring pixels where a stroke crosses a wall), drop specks and
-line residue, then
+dark), subtract a model of the printed box walls measured at their known positions (each
+wall's own cross profile; ink over a wall is scaled back to full contrast, so strokes that
+cross or run along a wall survive and colour scans, whose walls dropped out, lose nothing),
+binarize relative to the field's own ink level, drop specks and wall residue, keep faint
+stroke parts next to strokes (boxed fields), then
 
 - ``boxes``/``comb``/``date``: give each box the connected components that lie mostly
   inside it (their overrun parts included) and decide empty vs written;
@@ -113,9 +115,19 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # thin parts down to the low level (thin pens lose contrast when scanned small).
     low = max(MIN_INK, min(60.0, 0.15 * peak))
     high = max(MIN_INK + 15.0, min(100.0, 0.4 * peak))
-    binary = (ink > low).astype(np.uint8)
-    walls = _remove_walls(binary, ink, hb, vb, boxes)
-    binary &= 1 - walls
+    wall = _wall_model(ink, boxes)
+    raw = ink
+    # Ink over a printed wall is laid over the wall's grey, not the paper: its excess over
+    # the wall is only (peak - wall) / peak of its full contrast. Scaling it back gives
+    # strokes the same level on and off the walls (and undoes the model's one-pixel slack).
+    full = max(peak, 2.0 * MIN_INK)
+    gain = full / np.maximum(full - wall, 0.35 * full)
+    excess = raw - wall
+    ink = np.clip(excess * gain, 0.0, 255.0).astype(np.float32)
+    # Binarize the unscaled excess: the scaling would lift a stroke's soft edge (blurred
+    # into the wall) above the threshold and widen strokes where they cross walls.
+    binary = (excess > low).astype(np.uint8)
+    walls = ((raw > low) & (wall > 0) & (binary == 0)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     # A faint but sizeable component is a light stroke too (noise never forms big ones).
     strong = (np.bincount(labels[ink > high], minlength=n) > 0) | (
@@ -127,51 +139,101 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # Specks are noise; components lying (almost) wholly in a wall band are wall residue.
     keep = strong & (areas >= MIN_SPECK_PX) & (in_band < 0.85 * areas)
     keep[0] = False
+    # A weak piece close to a kept stroke is a stroke's faint part (the thin loop of a
+    # 9 broken off its stem), not noise: noise is rare next to the strokes. Not in string
+    # fields, where such a piece may as well be a neighbour's and would merge digits.
+    boxed = f.kind != "string"
+    if boxed and keep.any() and boxes:
+        reach = max(4, round(0.12 * min(b[3] for b in boxes)))
+        dist = cv2.distanceTransform((1 - keep[labels]).astype(np.uint8), cv2.DIST_L2, 3)
+        closest = np.full(n, np.inf)
+        np.minimum.at(closest, labels.ravel(), dist.ravel())
+        keep |= (closest <= reach) & (areas >= MIN_SPECK_PX // 2) & (in_band < 0.5 * areas)
+        keep[0] = False
     binary = keep[labels].astype(np.uint8)
-    labels = np.where(binary > 0, labels, 0).astype(np.int32)
-    return FieldInk((x0, y0), ink, binary, labels, stats, walls, boxes)
+    if boxed:
+        binary = _grow_faint(binary, ink, low, bands)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    return FieldInk((x0, y0), ink, binary, labels.astype(np.int32), stats, walls, boxes)
 
 
-def _remove_walls(
-    binary: np.ndarray, ink: np.ndarray, hb: np.ndarray, vb: np.ndarray,
-    boxes: list[tuple[int, int, int, int]],
-) -> np.ndarray:
-    """Pixels of printed walls to erase: long straight runs inside the wall bands, minus
-    pixels where a stroke crosses the wall (ink continues on both sides)."""
-    if not boxes:
-        return np.zeros_like(binary)
-    bw = min(b[2] for b in boxes)
-    bh = min(b[3] for b in boxes)
-    # Kernels shorter than any wall but longer than strokes: ~0.45 box width, at most 5 mm
-    # (a long string frame is not one unbroken run after a skewed scan).
-    lh = max(5, int(min(bw * 0.45, 30)))
-    lv = max(5, int(min(bh * 0.3, 30)))
-    open_h = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((1, lh), np.uint8)) & hb
-    # Colour scans lose the dropout-coloured walls: then there is nothing to remove, and a
-    # stroke running along a wall must not be taken for one. Horizontal walls are long and
-    # rarely covered by strokes, so their coverage tells whether walls were printed.
-    wall_len = sum(2 * b[2] for b in boxes)
-    if int(np.count_nonzero(open_h.any(axis=0))) < 0.4 * min(wall_len / 2, binary.shape[1]):
-        return np.zeros_like(binary)
-    open_v = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((lv, 1), np.uint8)) & vb
-    # Thicken by one pixel so the anti-aliased wall edges go too.
-    line_h = cv2.dilate(open_h, np.ones((3, 1), np.uint8)) & hb & binary
-    line_v = cv2.dilate(open_v, np.ones((1, 3), np.uint8)) & vb & binary
-    lines = line_h | line_v
-    if lines.any():
-        # Handwriting is usually much darker than the light printed walls.
-        level = float(np.median(ink[lines > 0]))
-        dark = (ink > max(1.7 * level, level + 60.0)).astype(np.uint8)
-        lines &= 1 - dark
-    rest = binary & (1 - lines)
-    # A stroke crossing a wall is cut in two by the removal; closing the rest across the
-    # wall direction bridges exactly those gaps (no ink on one side: nothing to bridge).
-    kv = np.ones((9, 1), np.uint8)
-    kh = np.ones((1, 9), np.uint8)
-    bridge = (cv2.morphologyEx(rest, cv2.MORPH_CLOSE, kv) & line_h) | (
-        cv2.morphologyEx(rest, cv2.MORPH_CLOSE, kh) & line_v
-    )
-    return lines & (1 - bridge)
+def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarray) -> np.ndarray:
+    """Add faint stroke parts (a thin loop of a 9, the pale top of a 0) next to strokes.
+
+    Thin pens lose contrast when scanned small, so part of a stroke can fall below the
+    field's threshold. Pieces above a third of the threshold, apart from the soft edge
+    of the kept strokes (which would only thicken them) but within a few pixels of them,
+    are stroke too. Wall bands are excluded: residue there is no stroke.
+    """
+    if not binary.any():
+        return binary
+    edge = cv2.dilate(binary, np.ones((5, 5), np.uint8))
+    faint = ((ink > max(0.35 * low, 10.0)) & ~bands & (edge == 0)).astype(np.uint8)
+    n, lab, st, _ = cv2.connectedComponentsWithStats(faint, connectivity=8)
+    if n <= 1:
+        return binary
+    near = cv2.dilate(binary, np.ones((11, 11), np.uint8)) > 0
+    touch = np.zeros(n, bool)
+    touch[np.unique(lab[near & (faint > 0)])] = True
+    touch &= st[:, cv2.CC_STAT_AREA] >= MIN_SPECK_PX // 2
+    touch[0] = False
+    return (binary | touch[lab]).astype(np.uint8)
+
+
+def _wall_profile(ink: np.ndarray, axis: int) -> np.ndarray:
+    """Ink of a printed wall across its thickness: a low percentile along its length.
+
+    Strokes only add ink, so the 30th percentile along the wall is the printed wall
+    even where a stroke runs along it for most of its length.
+    """
+    return np.percentile(ink, 30, axis=axis).astype(np.float32) if ink.size else ink
+
+
+def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Expected ink of the printed walls alone (0 where no wall is printed).
+
+    Each wall segment (one side of one box) gets its own cross profile, measured within
+    ± the registration tolerance, so the model follows the local wall darkness and
+    position; where a stroke crosses or overlaps the wall, ink minus the model is the
+    stroke's own contribution, so strokes survive while the wall goes.
+    """
+    model = np.zeros(ink.shape, np.float32)
+    H, W = ink.shape
+    t = WALL_TOL_PX + 1
+    segs: list[tuple[int, int, int, int]] = []  # (axis, position, start, end)
+    for x, y, w, h in boxes:
+        segs += [(0, yy, x, x + w) for yy in (y, y + h)]
+        segs += [(1, xx, y, y + h) for xx in (x, x + w)]
+    profs: list[tuple[int, int, np.ndarray] | None] = []
+    for axis, pos, a, b in segs:
+        lo, hi = max(0, pos - t), min(H if axis == 0 else W, pos + t + 1)
+        a0, b0 = max(0, a + 3), min(W if axis == 0 else H, b - 2)
+        if hi <= lo or b0 <= a0:
+            profs.append(None)
+            continue
+        band = ink[lo:hi, a0:b0] if axis == 0 else ink[a0:b0, lo:hi]
+        profs.append((lo, hi, _wall_profile(band, 1 if axis == 0 else 0)))
+    peaks = [float(p[2].max()) for p in profs if p is not None and p[2].size]
+    if not peaks:
+        return model
+    # A segment much darker than the field's typical wall holds a stroke along it: cap it.
+    cap = 1.3 * float(np.median(peaks)) + 5.0
+    for (axis, _, a, b), pr in zip(segs, profs, strict=True):
+        if pr is None:
+            continue
+        lo, hi, prof = pr
+        prof = np.minimum(prof, cap)
+        # One pixel of slack across the wall: registration is not sub-pixel exact.
+        prof = np.maximum(prof, np.maximum(np.r_[prof[1:], 0], np.r_[0, prof[:-1]]))
+        prof = np.where(prof < 8.0, 0.0, prof).astype(np.float32)
+        a1, b1 = max(0, a - t), b + t + 1
+        if axis == 0:
+            sl = model[lo:hi, a1:b1]
+            np.maximum(sl, prof[:, None], out=sl)
+        else:
+            sl = model[a1:b1, lo:hi]
+            np.maximum(sl, prof[None, :], out=sl)
+    return model
 
 
 def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:

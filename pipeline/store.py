@@ -47,6 +47,33 @@ PART_PREFIX = "part-"
 _PART_SUFFIX = ".parquet"
 
 
+# fds of run locks held by this process. A forked child (a DataLoader worker) shares the
+# lock's open file description, so flock stays held while ANY child lives: when the run is
+# SIGKILLed (OOM killer, power button) its orphaned workers kept OUT locked, and every later
+# run was refused as "in use". Children therefore drop their copy right after fork.
+_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: point inherited lock fds at /dev/null (the parent keeps its lock).
+
+    ``dup2`` rather than ``close``: the parent's file object is copied into the child too and
+    will close that fd number some day; it must not close an unrelated file by then.
+    """
+    if not _LOCK_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _LOCK_FDS:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def new_run_id() -> str:
     """Sortable, unique run id: UTC timestamp plus a random suffix."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -117,6 +144,7 @@ class OutputStore:
             self._lock_fh.close()
             self._lock_fh = None
             raise OutputLockedError(f"output folder {self.out} is in use by another run") from exc
+        _LOCK_FDS.add(self._lock_fh.fileno())
         self.cleanup_uncommitted()
 
     def __enter__(self) -> OutputStore:
@@ -128,6 +156,7 @@ class OutputStore:
     def close(self) -> None:
         """Release the lock."""
         if self._lock_fh is not None:
+            _LOCK_FDS.discard(self._lock_fh.fileno())
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
             self._lock_fh.close()
             self._lock_fh = None

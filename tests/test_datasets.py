@@ -33,7 +33,7 @@ def test_read_idx_raw_and_gzip(tmp_path):
 def test_read_idx_truncated_names_file(tmp_path):
     p = tmp_path / "train-images-idx3-ubyte"
     p.write_bytes(_idx_images(3)[:-10])
-    with pytest.raises(DatasetFormatError, match="train-images-idx3-ubyte.*truncated"):
+    with pytest.raises(DatasetFormatError, match=r"train-images-idx3-ubyte.*truncated"):
         read_idx(p)
 
 
@@ -60,7 +60,7 @@ def test_read_usps_and_errors(tmp_path):
     assert imgs.max() == 255 and imgs.min() == 0
     bad = tmp_path / "zip.test"
     bad.write_text("3 1 2 3\n")
-    with pytest.raises(DatasetFormatError, match="zip.test:1: expected 257"):
+    with pytest.raises(DatasetFormatError, match=r"zip\.test:1: expected 257"):
         read_usps(bad)
 
 

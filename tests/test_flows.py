@@ -170,10 +170,10 @@ def test_file_still_being_copied_waits_for_next_run(fakes: None, scans: Path,
     stop = threading.Event()
     growing.write_bytes(payload[:10])
 
-    def copier() -> None:  # a slow copy: a few bytes every 20 ms
-        for n in range(10, len(payload) + 1, 8):
-            if stop.is_set():
-                return
+    def copier() -> None:  # a slow copy: a few bytes every 20 ms, until the flow has finished
+        n = 10
+        while not stop.is_set():
+            n = n + 8 if n + 8 < len(payload) else 10  # never completes while the flow looks
             growing.write_bytes(payload[:n])
             time.sleep(0.02)
 

