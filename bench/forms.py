@@ -39,6 +39,7 @@ from pipeline.errors import DataNotFoundError, RegistrationError
 from pipeline.records import FieldCrop, Page, PageKey
 from pipeline.register import register_page
 from pipeline.segment import segment_page
+from pipeline.segment_string import PATH_SPLIT
 from pipeline.templates import Template, load_templates
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
@@ -59,7 +60,8 @@ def string_counts(crops: Sequence[FieldCrop]) -> tuple[int, set[int]]:
     for c in crops:
         if c.empty:
             continue
-        by_group.setdefault(c.group, set()).add(c.split)
+        # split ids k + PATH_SPLIT * j are variants (other cut positions) of k pieces
+        by_group.setdefault(c.group, set()).add(c.split % PATH_SPLIT)
         if c.split == 0 or "likely" in c.flags:
             likely[c.group] = c.split
     # split 0 (the only reading) and split 1 both mean one digit.

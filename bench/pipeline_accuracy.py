@@ -4,7 +4,7 @@ Synthesizes pages (a seed never used in development), runs the real pipeline, sc
 results against the synth truth, and writes the "Pipeline accuracy (issue 5)" section of
 docs/BENCHMARKS.md plus bench/pipeline_results.json.
 
-    python -m bench.pipeline_accuracy --pages 200 --seed 4242 [--model FILE] [--json]
+    python -m bench.pipeline_accuracy --pages 200 --seed 5150 [--model FILE] [--json]
 """
 
 from __future__ import annotations
@@ -39,11 +39,48 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path) -> dict[str, obj
     from pipeline.score import score_results
 
     result = score_results(out, scans / "truth")
+    result.update(threshold_sweep(out, scans / "truth"))
     result["synth_seconds"] = round(t1 - t0, 1)
     result["run_seconds"] = round(t2 - t1, 1)
     result["model"] = model
     result["seed"] = seed
     return result
+
+
+SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+def threshold_sweep(out: Path, truth_dir: Path) -> dict[str, object]:
+    """What other ``--review-below`` values would give, and why fields went to review.
+
+    A field is accepted at threshold t when its confidence is >= t and it has no review
+    reason other than ``low_confidence`` (validation and segmentation doubts stay).
+    """
+    from collections import Counter
+
+    from pipeline.score import latest_fields, load_truth
+
+    truth = load_truth(truth_dir)
+    want = {(stem, page, name): str(tf.get("value") or "")
+            for (stem, page), tp in truth.items() for name, tf in tp.get("fields", {}).items()}
+    rows = []
+    reasons: Counter[str] = Counter()
+    for r in latest_fields(out).itertuples():
+        tv = want.get((Path(str(r.source)).stem, int(r.page), str(r.field)))
+        if tv is None:
+            continue
+        value = "" if r.value is None or r.value != r.value else str(r.value)
+        other = [x for x in r.reasons if x != "low_confidence"]
+        rows.append((float(r.confidence), bool(other), value == tv, value == "" and tv == ""))
+        if r.status == "needs_review":
+            reasons.update(f"{r.kind}: {x}" for x in r.reasons)
+    sweep = []
+    for t in SWEEP:
+        acc = [ok for c, doubt, ok, empty in rows if c >= t and not doubt and not empty]
+        nonempty = sum(1 for *_, empty in rows if not empty)
+        sweep.append({"threshold": t, "review_rate": 1 - len(acc) / max(nonempty, 1),
+                      "accepted_error": (len(acc) - sum(acc)) / max(len(acc), 1)})
+    return {"threshold_sweep": sweep, "review_reasons": dict(reasons.most_common())}
 
 
 def markdown(r: dict[str, object], cmd: str) -> str:
@@ -55,6 +92,19 @@ def markdown(r: dict[str, object], cmd: str) -> str:
         + (f"{x['accepted_error']:.4f}" if x["accepted_error"] is not None else "–") + " |"
         for x in rc if x["threshold"] >= 0.5
     )
+    pk = r["per_kind"]
+    assert isinstance(pk, dict)
+    kinds = "\n".join(
+        f"| {k} | {v['n']} | {v['accuracy']:.4f} | {v['review_rate']:.4f} | "
+        + (f"{v['accepted_error']:.4f}" if v["accepted_error"] is not None else "–") + " |"
+        for k, v in pk.items())
+    sw = r["threshold_sweep"]
+    assert isinstance(sw, list)
+    sweep = "\n".join(f"| {x['threshold']:.2f} | {x['review_rate']:.4f} | "
+                      f"{x['accepted_error']:.4f} |" for x in sw)
+    rr = r["review_reasons"]
+    assert isinstance(rr, dict)
+    reasons = "\n".join(f"| {k} | {v} |" for k, v in rr.items())
     return f"""## Pipeline accuracy (issue 5)
 
 {r['pages']} synthetic pages from MNIST **test** digits (seed {r['seed']}, never used in
@@ -72,7 +122,26 @@ Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machi
 | empty-field agreement | {r['empty_accuracy']:.4f} | – |
 | run time (s) | {r['run_seconds']} | – |
 
-Risk–coverage across review thresholds (fields accepted vs. wrong among accepted):
+By field kind (fields on registered pages):
+
+| kind | fields | accuracy | review rate | accepted error |
+|---|---|---|---|---|
+{kinds}
+
+Review threshold sweep (`--review-below`; a field is accepted when its confidence reaches
+the threshold and nothing else doubts it; rates over non-empty fields):
+
+| threshold | review rate | accepted error |
+|---|---|---|
+{sweep}
+
+Why fields went to review at the default threshold (a field may have several reasons):
+
+| kind: reason | fields |
+|---|---|
+{reasons}
+
+Risk–coverage by confidence alone (fields accepted vs. wrong among accepted):
 
 | threshold | coverage | accepted error |
 |---|---|---|
@@ -100,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description="End-to-end accuracy on MNIST-test pages")
     ap.add_argument("--pages", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=4242)
+    # 4242 served for development (tuning segmentation and flags); 5150 only for reporting.
+    ap.add_argument("--seed", type=int, default=5150)
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-doc", action="store_true")

@@ -228,8 +228,8 @@ def write_doc(rows: list[Row], kills: int, seconds: float) -> None:
         cells = [r.area, r.what, r.expected, r.observed, "yes" if r.ok else "**NO**"]
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", "\\n")
                                        for c in cells) + " |")
-    lines += ["", (ROOT / "bench" / "reliability_notes.md").read_text(encoding="utf-8")
-              if (ROOT / "bench" / "reliability_notes.md").exists() else ""]
+    lines += ["", (ROOT / "docs" / "RELIABILITY_NOTES.md").read_text(encoding="utf-8")
+              if (ROOT / "docs" / "RELIABILITY_NOTES.md").exists() else ""]
     DOC.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
 
 

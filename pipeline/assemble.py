@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pipeline.recognize import PageWork
 
 _EPS = 1e-12
+SPLIT_COUNT_PENALTY = 0.2  # see _split_score
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,8 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
 
     ``crops`` are one field's non-empty crops and ``probs`` their rows. For string fields
     each connected group keeps the split hypothesis whose pieces have the highest mean
-    log max-probability; groups are read left to right, pieces by x.
+    log max-probability (see :func:`_split_score`); groups are read left to right, pieces
+    by x.
     """
     if not crops:
         return []
@@ -58,13 +60,21 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     chosen: list[int] = []
     for g in sorted(by_group):
         splits = by_group[g]
-        best = max(sorted(splits), key=lambda s: _split_score(probs[splits[s]]))
+        likely = next((len(v) for v in splits.values()
+                       if any("likely" in crops[i].flags for i in v)), None)
+        best = max(sorted(splits), key=lambda s: _split_score(probs[splits[s]], likely))
         chosen.extend(sorted(splits[best], key=lambda i: (crops[i].bbox[0], crops[i].position)))
     return chosen
 
 
-def _split_score(p: np.ndarray) -> float:
-    return float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS)))) if len(p) else -np.inf
+def _split_score(p: np.ndarray, likely: int | None) -> float:
+    """Mean log max-probability of a hypothesis' pieces, less a penalty per piece it is
+    away from the shape-based count guess (the model alone reads a merged pair as one
+    confident digit too often: 78.8% → 81.8% of string fields right on development pages)."""
+    if not len(p):
+        return -np.inf
+    off = abs(len(p) - likely) if likely is not None else 0
+    return float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS)))) - SPLIT_COUNT_PENALTY * off
 
 
 def crop_png(pixels: np.ndarray) -> bytes:

@@ -59,7 +59,7 @@ class FieldCrop:
     bbox: tuple[int, int, int, int]  # x, y, w, h in template pixel coordinates
     pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (28, 28) uint8
     empty: bool = False
-    flags: tuple[str, ...] = ()  # segmentation doubts, e.g. ("touching", "overrun")
+    flags: tuple[str, ...] = ()  # segmentation notes and doubts, e.g. ("touching", "overrun")
     # string fields: connected groups are numbered left to right (``group``); a group that
     # may hold several touching digits is offered as alternative splits, ``split`` = the
     # number of pieces in this hypothesis (0 = the only reading). Recognition keeps, per

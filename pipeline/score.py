@@ -21,6 +21,8 @@ Matching: a truth page is ``(stem of its "file", page)``; a result row is
 - ``empty_accuracy``: matched fields whose emptiness (value "") agrees with the truth's.
 - ``per_field``: by field name: ``n`` (truth count), ``accuracy`` (missing = wrong),
   ``review_rate`` and ``accepted_error`` over the matched ones.
+- ``per_kind``: the same by field kind (``boxes``, ``comb``, ``date``, ``string``), over
+  matched fields.
 - ``risk_coverage``: for thresholds 0, 0.05, ..., 1 on the field confidence, ``coverage``
   (matched fields with confidence >= threshold) and ``accepted_error`` (wrong among them):
   what accepting by confidence alone would give at each threshold.
@@ -119,6 +121,7 @@ def score_results(out_dir: str | Path, truth_dir: str | Path) -> dict[str, Any]:
         )
     total = _Tally()
     per_field: defaultdict[str, _Tally] = defaultdict(_Tally)
+    per_kind: defaultdict[str, _Tally] = defaultdict(_Tally)
     registered = digit_n = digit_ok = empty_ok = 0
     conf: list[float] = []
     right: list[bool] = []
@@ -134,6 +137,7 @@ def score_results(out_dir: str | Path, truth_dir: str | Path) -> dict[str, Any]:
             per_field[name].add(r is not None, ok, status)
             if r is None:
                 continue
+            per_kind[str(r.kind)].add(True, ok, status)
             conf.append(float(r.confidence))
             right.append(ok)
             empty_ok += (value == "") == (tv == "")
@@ -178,6 +182,15 @@ def score_results(out_dir: str | Path, truth_dir: str | Path) -> dict[str, Any]:
                 "accepted_error": _ratio(t.accepted_wrong, t.accepted),
             }
             for name, t in sorted(per_field.items())
+        },
+        "per_kind": {
+            kind: {
+                "n": t.n,
+                "accuracy": _ratio(t.correct, t.n),
+                "review_rate": _ratio(t.review, t.matched),
+                "accepted_error": _ratio(t.accepted_wrong, t.accepted),
+            }
+            for kind, t in sorted(per_kind.items())
         },
         "risk_coverage": risk,
     }

@@ -146,8 +146,7 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     if boxed and keep.any() and boxes:
         reach = max(4, round(0.12 * min(b[3] for b in boxes)))
         dist = cv2.distanceTransform((1 - keep[labels]).astype(np.uint8), cv2.DIST_L2, 3)
-        closest = np.full(n, np.inf)
-        np.minimum.at(closest, labels.ravel(), dist.ravel())
+        closest = _min_per_label(labels, dist, n)
         keep |= (closest <= reach) & (areas >= MIN_SPECK_PX // 2) & (in_band < 0.5 * areas)
         keep[0] = False
     binary = keep[labels].astype(np.uint8)
@@ -180,13 +179,39 @@ def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarr
     return (binary | touch[lab]).astype(np.uint8)
 
 
+def _min_per_label(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Smallest value per label 1..n-1 (inf where absent; label 0 = background, skipped).
+
+    Sorting the ink pixels by (label, value) is ~20x faster than ``np.minimum.at``.
+    """
+    out = np.full(n, np.inf)
+    lab = labels.ravel()
+    sel = lab > 0
+    lab, val = lab[sel], values.ravel()[sel]
+    if lab.size:
+        order = np.lexsort((val, lab))
+        first = np.r_[True, lab[order][1:] != lab[order][:-1]]
+        out[lab[order][first]] = val[order][first]
+    return out
+
+
 def _wall_profile(ink: np.ndarray, axis: int) -> np.ndarray:
     """Ink of a printed wall across its thickness: a low percentile along its length.
 
     Strokes only add ink, so the 30th percentile along the wall is the printed wall
-    even where a stroke runs along it for most of its length.
+    even where a stroke runs along it for most of its length. (``np.percentile``'s
+    linear interpolation, computed from a partial sort: several times faster.)
     """
-    return np.percentile(ink, 30, axis=axis).astype(np.float32) if ink.size else ink
+    if not ink.size:
+        return ink
+    n = ink.shape[axis]
+    pos = 0.3 * (n - 1)
+    k = int(pos)
+    k1 = min(k + 1, n - 1)
+    part = np.partition(ink, [k, k1] if k1 != k else [k], axis=axis)
+    a = np.take(part, k, axis=axis).astype(np.float64)
+    b = np.take(part, k1, axis=axis).astype(np.float64)
+    return (a + (b - a) * (pos - k)).astype(np.float32)
 
 
 def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -238,8 +263,8 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
 
 def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Ink of the pixels near ``mask`` (region coords) cropped to its box, and that box."""
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels; C speed
+    y0, y1, x0, x1 = by, by + bh, bx, bx + bw
     y0, x0 = max(0, y0 - 1), max(0, x0 - 1)
     y1, x1 = min(mask.shape[0], y1 + 1), min(mask.shape[1], x1 + 1)
     sub = mask[y0:y1, x0:x1]
@@ -249,6 +274,38 @@ def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, in
     out = np.clip(np.rint(ink), 0, 255).astype(np.uint8)
     ox, oy = fi.origin
     return out, (int(x0 + ox), int(y0 + oy), int(x1 - x0), int(y1 - y0))
+
+
+def path_cut(m: np.ndarray, c: float, half: int) -> np.ndarray:
+    """A top-to-bottom cut through the least ink near column ``c``: its x for every row.
+
+    Slanted touching digits overlap in x, so no straight column separates them; a path
+    that may step one column per row (dynamic programming over the rows, crossing ink is
+    expensive, straying from ``c`` a little) follows the gap between them.
+    """
+    h, w = m.shape
+    lo, hi = max(1, int(c) - 2 * half), min(w - 1, int(c) + 2 * half + 1)
+    if hi - lo < 3:
+        return np.full(h, int(c))
+    xs = np.arange(lo, hi)
+    cost = m[:, lo:hi].astype(np.float32) * 10.0 + (np.abs(xs - c) / max(half, 1))[None, :]
+    acc = cost[0].copy()
+    back = np.zeros((h, hi - lo), np.int8)
+    cols = np.arange(hi - lo)
+    stack = np.full((3, hi - lo), np.inf, np.float32)  # from the left, above, the right
+    for y in range(1, h):
+        stack[0, 1:] = acc[:-1]
+        stack[1] = acc
+        stack[2, :-1] = acc[1:]
+        move = np.argmin(stack, axis=0)
+        back[y] = move - 1
+        acc = stack[move, cols] + cost[y]
+    path = np.empty(h, np.int64)
+    j = int(np.argmin(acc))
+    for y in range(h - 1, -1, -1):
+        path[y] = j + lo
+        j = min(max(j + int(back[y, j]), 0), hi - lo - 1) if y else j
+    return path
 
 
 def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
@@ -284,17 +341,21 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
         else:
             big = [bi for bi in range(nb) if fr[bi] >= 0.3]
         if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in itertools.pairwise(big)):
-            proj = comp.sum(axis=0).astype(np.float32)
-            edges = [0]
+            # Cut along the least-ink path near each wall: touching digits are rarely
+            # separable by one straight column (a 0 leaning on its neighbour).
+            cols = np.arange(w)[None, :]
+            edges = [np.zeros((h, 1), np.int64)]
             for b1, b2 in itertools.pairwise(big):
                 wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x
-                half = 0.25 * fi.boxes[b1][2]
-                lo, hi = max(edges[-1] + 1, int(wall - half)), min(w - 1, int(wall + half) + 1)
-                cut = lo + int(np.argmin(proj[lo:hi])) if hi > lo else int(wall)
-                edges.append(cut)
-            edges.append(w)
+                half = max(1, int(0.125 * fi.boxes[b1][2]))
+                edges.append(np.maximum(path_cut(comp, wall, half)[:, None], edges[-1] + 1))
+            edges.append(np.full((h, 1), w))
             for bi, c0, c1 in zip(big, edges, edges[1:], strict=False):
-                masks[bi][y : y + h, x + c0 : x + c1] |= comp[:, c0:c1]
+                part = comp * ((cols >= c0) & (cols < c1))
+                masks[bi][y : y + h, x : x + w] |= part.astype(np.uint8)
+                inside_px = int(part[:, max(0, fi.boxes[bi][0] - x):
+                                     fi.boxes[bi][0] + fi.boxes[bi][2] + 1 - x].sum())
+                outside[bi] += int(part.sum()) - inside_px
             continue
         bi = int(np.argmax(fr))
         if fr[bi] < 0.4:
@@ -316,8 +377,8 @@ def box_pieces(fi: FieldInk, f: FormField) -> list[Piece]:
         if total == 0:
             pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True))
             continue
-        ys, xs = np.nonzero(mask)
-        extent = max(ys.max() - ys.min() + 1, 0.6 * (xs.max() - xs.min() + 1))
+        _, _, mw, mh = cv2.boundingRect(mask)
+        extent = max(mh, 0.6 * mw)
         if total < EMPTY_AREA_PX or extent < EMPTY_EXTENT * bh:
             pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True, ("residue",)))
             continue

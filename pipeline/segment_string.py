@@ -15,12 +15,14 @@ import itertools
 
 import numpy as np
 
-from pipeline.segment import FieldInk, Piece, piece_ink
+from pipeline.segment import FieldInk, Piece, path_cut, piece_ink
 from pipeline.templates import FormField, Template
 
 SINGLE_MAX_RATIO = 0.85  # groups narrower than this × digit height are one digit
 LENGTH_WEIGHT = 0.6  # see _likely_pieces
 SPLIT_SCORES = (2.28, 3.9, 5.2)  # score thresholds for 2, 3 and 4 digits in one group
+PATH_SPLIT = 10  # split ids k + 10 j: variant j of the hypothesis "k pieces" (see _variants)
+CUT_SHIFTS = (0.0, -0.15, 0.15)  # cut positions tried, in fractions of a piece's width
 
 
 def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
@@ -104,12 +106,16 @@ def _absorb_fragments(
     return groups
 
 
-def _cuts(proj: np.ndarray, k: int) -> list[int]:
-    """Cut columns for ``k`` pieces: least ink near the even-split positions."""
+def _cuts(proj: np.ndarray, k: int, shift: float = 0.0) -> list[int]:
+    """Cut columns for ``k`` pieces: least ink near the even-split positions.
+
+    ``shift`` moves those positions by a fraction of a piece's width (digits of one
+    string differ in width: a 1 beside a 0).
+    """
     w = len(proj)
     cuts: list[int] = []
     for i in range(1, k):
-        c = i * w / k
+        c = (i + shift) * w / k
         half = max(1, int(0.22 * w / k))
         lo, hi = max(1, int(c) - half), min(w - 1, int(c) + half + 1)
         if hi <= lo:
@@ -119,6 +125,31 @@ def _cuts(proj: np.ndarray, k: int) -> list[int]:
         cost = proj[lo:hi] + 0.15 * proj.max() * np.abs(xs - c) / half
         cuts.append(int(xs[int(np.argmin(cost))]))
     return cuts
+
+
+def _variants(m: np.ndarray, proj: np.ndarray, k: int) -> list[tuple[int, list[np.ndarray]]]:
+    """Cut hypotheses for ``k`` pieces of one group: ``(split id, per-cut x of each row)``.
+
+    Split ``k`` is the straight cut at the least-ink columns; ids ``k + PATH_SPLIT * j``
+    are variants: the cuts shifted left/right, and each as an ink-avoiding path. The
+    model picks among them (same piece count: the most probable reading).
+    """
+    h = m.shape[0]
+    if k == 1:
+        return [(k, [])]
+    half = max(1, int(0.22 * m.shape[1] / k))
+    out: list[tuple[int, list[np.ndarray]]] = []
+    seen: list[list[np.ndarray]] = []
+    for shift in CUT_SHIFTS:
+        cuts = _cuts(proj, k, shift)
+        for edges in ([np.full((h, 1), c) for c in cuts],
+                      [path_cut(m, c, half)[:, None] for c in cuts]):
+            if any(all(np.array_equal(a, b) for a, b in zip(edges, e, strict=True))
+                   for e in seen):
+                continue
+            seen.append(edges)
+            out.append((k + PATH_SPLIT * len(out), edges))
+    return out
 
 
 def _likely_pieces(m: np.ndarray, ratio: float, hd: float) -> int:
@@ -167,15 +198,19 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
         kmax = 2 if ratio <= 1.45 else 3 if ratio <= 2.0 else 4
         likely = min(kmax, _likely_pieces(m, ratio, hd))
         proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
+        cols = np.arange(m.shape[1])[None, :] - sx0
         for k in range(1, kmax + 1):
-            edges = [0, *_cuts(proj, k), sx1 - sx0]
             flags = ("touching", "likely") if k == likely else ("touching",)
-            for a, b in itertools.pairwise(edges):
-                part = np.zeros_like(m)
-                part[:, sx0 + a : sx0 + b] = m[:, sx0 + a : sx0 + b]
-                if not part.any():
-                    continue
-                ink, bbox = piece_ink(fi, part)
-                pieces.append(Piece(pos, bbox, ink, flags=flags, group=gi, split=k))
-                pos += 1
+            variants = _variants(m[:, sx0:sx1], proj, k)
+            for split, edges in variants:
+                lims = [np.zeros((m.shape[0], 1), np.int64), *edges,
+                        np.full((m.shape[0], 1), sx1 - sx0)]
+                for a, b in itertools.pairwise(lims):
+                    part = (m * ((cols >= a) & (cols < b))).astype(np.uint8)
+                    if not part.any():
+                        continue
+                    ink, bbox = piece_ink(fi, part)
+                    vflags = flags if split == k else ("touching",)
+                    pieces.append(Piece(pos, bbox, ink, flags=vflags, group=gi, split=split))
+                    pos += 1
     return pieces

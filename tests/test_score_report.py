@@ -120,6 +120,7 @@ def test_score_matches_hand_computed_numbers(scored: tuple[Path, Path]) -> None:
         "accepted_error": 1.0,
     }
     assert pf["amount"] == {"n": 2, "accuracy": 0.0, "review_rate": 1.0, "accepted_error": None}
+    assert s["per_kind"]["string"] == pf["amount"]  # the only string field, both matched
     risk = {r["threshold"]: (r["coverage"], r["accepted_error"]) for r in s["risk_coverage"]}
     assert risk[0.0] == (1.0, pytest.approx(4 / 6))
     assert risk[0.5] == (pytest.approx(5 / 6), pytest.approx(3 / 5))
