@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from pipeline.recognize import PageWork
 
 _EPS = 1e-12
-SPLIT_COUNT_PENALTY = 0.2  # see _split_score
+# Split choice weights (see _split_score), fitted by grid search on the string fields of
+# 800 synthetic pages of MNIST *training* digits (568 fields: 88.4 % read right, against
+# 86.4 % with the count prior alone); 200 development pages: 83.3 % (80.3 %).
+SPLIT_COUNT_PENALTY = 0.3
+SPLIT_PIECE_COST = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +73,17 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
 
 def _split_score(p: np.ndarray, likely: int | None) -> float:
     """Mean log max-probability of a hypothesis' pieces, less a penalty per piece it is
-    away from the shape-based count guess (the model alone reads a merged pair as one
-    confident digit too often: 78.8% → 81.8% of string fields right on development pages)."""
+    away from the shape-based count guess and a cost per extra piece.
+
+    The model alone is no judge of the count: a merged pair can read as one confident
+    digit, and halves of one digit as two confident ones; the shape guess (width and
+    stroke length) arbitrates.
+    """
     if not len(p):
         return -np.inf
     off = abs(len(p) - likely) if likely is not None else 0
-    return float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS)))) - SPLIT_COUNT_PENALTY * off
+    mean_lp = float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS))))
+    return mean_lp - SPLIT_COUNT_PENALTY * off - SPLIT_PIECE_COST * (len(p) - 1)
 
 
 def crop_png(pixels: np.ndarray) -> bytes:
