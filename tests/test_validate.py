@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.templates import FormField, Validation
 from pipeline.validate import (
+    VALID_MASS_FLOOR,
     check_rules,
     check_value,
     decide_field,
@@ -82,10 +83,24 @@ def test_luhn_correction_picks_the_single_digit_change() -> None:
     assert d.value == truth and d.corrected
     assert d.reasons == ("corrected_by_validation",)
     assert d.status == "accepted"
-    assert d.confidence == pytest.approx(0.45 * 0.99**10)
     assert all(luhn_valid(a) for a in d.alternatives)
-    # Same reading with a strict threshold goes to review.
-    assert decide_field(_field(11, check="luhn"), probs, 0.9).status == "needs_review"
+    # Confidence = share of the valid readings' probability mass, whose denominator is at
+    # least VALID_MASS_FLOOR: every other probable reading (a one-digit change) fails the
+    # checksum, so the valid mass is ~0.41 and the truth's 0.45 * 0.99**10 becomes 0.81.
+    assert d.confidence == pytest.approx(0.45 * 0.99**10 / VALID_MASS_FLOOR, rel=1e-3)
+    # A length rule excludes nothing: the confidence is the plain product.
+    plain = decide_field(_field(11), probs, review_below=0.3)
+    assert plain.value == "79917398713"
+    assert plain.confidence == pytest.approx(0.55 * 0.99**10)
+    # A valid reading whose probable alternatives are invalid gets (nearly) all the mass.
+    sure = np.zeros((11, 10))  # 0.97 on each true digit, 0.03 on its neighbour
+    for i, c in enumerate(truth):
+        sure[i, int(c)], sure[i, (int(c) + 1) % 10] = 0.97, 0.03
+    assert decide_field(_field(11, check="luhn"), sure, 0.95).confidence > 0.99
+    assert decide_field(_field(11), sure, 0.95).confidence == pytest.approx(0.97**11)
+    # Same reading with a stricter threshold than its confidence goes to review.
+    strict = decide_field(_field(11, check="luhn"), probs, 0.9)
+    assert strict.status == "needs_review" and "low_confidence" in strict.reasons
 
 
 def test_low_margin_correction_needs_review() -> None:
