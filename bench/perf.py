@@ -207,7 +207,9 @@ class RssSampler(threading.Thread):
 
 
 def _memory_child(copies: Path, out: Path, pages: Any, result: Any) -> None:
-    # A fresh process like `formdigits run`: the bench's own arrays do not count.
+    # A fresh process like `formdigits run`: the bench's own arrays do not count. Its page
+    # workers are forked as in `formdigits run` (pipeline.recognize asks for fork: a
+    # spawned process would otherwise spawn them too, each importing torch afresh).
     from models.predictor import Predictor
 
     def progress(done: int, _total: int) -> None:
@@ -324,8 +326,17 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     return res
 
 
+def previous_training(prev: dict[str, Any]) -> dict[str, Any]:
+    """The training rows of an earlier results file, marked with when they were measured
+    (``--no-train``: training takes minutes and does not depend on the page pipeline)."""
+    keep = {k: v for k, v in prev.items() if k.startswith("train_")}
+    if keep:
+        keep["train_measured_utc"] = prev.get("train_measured_utc", prev.get("measured_utc"))
+    return keep
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.perf [--quick] [--pages N] [--out results.json]``."""
+    """``python -m bench.perf [--quick] [--no-train] [--pages N] [--out results.json]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -333,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=None)
     ap.add_argument("--memory-pages", type=int, default=None)
     ap.add_argument("--train-limit-s", type=float, default=None)
+    ap.add_argument("--no-train", action="store_true",
+                    help="skip training; keep the training rows of an existing --out file")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -345,7 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, train_limit_s=a.train_limit_s)
+    if a.no_train:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=False)
     res = run_bench(cfg)
+    if a.no_train and a.out and a.out.exists() and "skipped" not in res:
+        res.update(previous_training(json.loads(a.out.read_text())))
     text = json.dumps(res, indent=1)
     if a.out:
         a.out.write_text(text + "\n")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 import re
 import time
@@ -238,6 +240,21 @@ def configure_main_threads(workers: int) -> int:
     return n
 
 
+def _worker_context() -> multiprocessing.context.BaseContext | None:
+    """``fork`` where the platform has it, else the default start method.
+
+    Said explicitly because the default is inherited: a process that was itself started
+    with ``spawn`` (the benchmark's memory run, for one) would otherwise spawn
+    its page workers too, and each would import torch afresh: ~600 MB RSS and ~350 MB of
+    private memory per worker instead of ~450 MB RSS mostly shared with this process,
+    plus a second of start-up. Forked workers are also what the thread and parent-death
+    handling here (``configure_main_threads``, ``_die_with_parent``) is written for.
+    """
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
+
+
 def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: RunSettings,
             workers: int) -> DataLoader[PageWork]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
@@ -246,6 +263,7 @@ def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: 
         PageDataset(items, templates, settings), batch_size=None, shuffle=False,
         num_workers=n, collate_fn=_keep,
         worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
+        multiprocessing_context=_worker_context() if n else None,
         persistent_workers=False, prefetch_factor=4 if n else None,
     )
 

@@ -37,6 +37,7 @@ from pipeline.register_code import (
     orientation_of,
     refine_ecc,
     resize_matrix,
+    shrink,
     similarity_rms,
     structure_ncc,
     template_ref,
@@ -292,7 +293,7 @@ def _poses_from_features(
 ) -> list[_Pose]:
     """Candidate poses from ORB feature matching against each template's blank."""
     f = DET_DPI / base_dpi
-    small = cv2.resize(base, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else base
+    small = shrink(base, f) if f < 1 else base
     s_small = resize_matrix(base.shape, small.shape)
     orb = cv2.ORB.create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
     kp, des = orb.detectAndCompute(small, None)
@@ -361,11 +362,11 @@ def register_page(
     # Work on a copy near WORK_DPI: big scans are shrunk once with area averaging, so the
     # later warp neither aliases nor touches more pixels than it needs.
     f = WORK_DPI / src_dpi
-    base = img if f > 0.8 else cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    base = img if f > 0.8 else shrink(img, f)
     s_base = resize_matrix(img.shape, base.shape)
     base_dpi = src_dpi * base.shape[1] / img.shape[1]
     fd = DET_DPI / base_dpi
-    det = base if fd > 0.9 else cv2.resize(base, None, fx=fd, fy=fd, interpolation=cv2.INTER_AREA)
+    det = base if fd > 0.9 else shrink(base, fd)
     det_to_base = base.shape[1] / det.shape[1]
 
     poses = _poses_from_marks(base, det, det_to_base, refs, base_dpi)

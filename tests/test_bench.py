@@ -92,3 +92,14 @@ def test_bench_skips_clearly_without_mnist(monkeypatch, tmp_path):
     res = run_bench(BenchConfig.make(True, 2, tmp_path), log=lambda _m: None)
     assert set(res) == {"skipped"}
     assert "MNIST" in res["skipped"] and "FORMDIGITS_DATA" in res["skipped"]
+
+
+def test_no_train_keeps_previous_training_rows():
+    from bench.perf import previous_training
+
+    prev = {"measured_utc": "2026-11-25 22:23", "train_seconds_to_995": 69.4,
+            "train_history": [{"epoch": 1}], "ratio_to_decode": 0.28}
+    kept = previous_training(prev)
+    assert kept == {"train_seconds_to_995": 69.4, "train_history": [{"epoch": 1}],
+                    "train_measured_utc": "2026-11-25 22:23"}
+    assert previous_training({"ratio_to_decode": 0.3}) == {}

@@ -182,3 +182,20 @@ def test_synth_pages_register_and_segment(templates: list[Template]) -> None:
             got = [c.empty for c in sorted((c for c in crops if c.field == f.name),
                                            key=lambda c: c.position)]
             assert got == [b is None for b in truth["fields"][f.name]["boxes"]], f.name
+
+
+def test_shrink_takes_the_size_not_the_factor() -> None:
+    # An untagged 300-dpi A4 page is estimated at 300.01 dpi: the factor is 0.49998, but
+    # the copy must be exactly the 2x2 averages (OpenCV's fast path) at round(f * side),
+    # so resize_matrix (the shape ratio) describes it exactly.
+    from pipeline.register_code import resize_matrix, shrink
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (3508, 2480), dtype=np.uint8)
+    f = 150.0 / 300.0107744107744
+    small = shrink(img, f)
+    assert small.shape == (1754, 1240)
+    box = img.reshape(1754, 2, 1240, 2).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(small.astype(np.float64) - box).max() <= 0.5 + 1e-9
+    m = resize_matrix(img.shape, small.shape)
+    assert m[0, 0] == m[1, 1] == 0.5
