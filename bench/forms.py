@@ -101,6 +101,7 @@ def _score_page(
             if predictor is not None:
                 acc["string_model_ok"] += int(_model_count(fc, predictor) == ft["digits"])
             continue
+        fc = [c for c in fc if c.split == 0]  # the default cut of touching digits
         boxes = [t.px(b[0]) for b in f.boxes_mm()], [t.px(b[0] + b[2]) for b in f.boxes_mm()]
         for i, want in enumerate(ft["boxes"]):
             crop = fc[i] if i < len(fc) else None

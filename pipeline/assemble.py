@@ -49,7 +49,8 @@ class PageOutcome:
 def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     """Indices (into ``crops``/``probs``) of the crops that form the reading, in order.
 
-    ``crops`` are one field's non-empty crops and ``probs`` their rows. For string fields
+    ``crops`` are one field's non-empty crops and ``probs`` their rows. Boxed fields keep
+    one crop per box (see :func:`_choose_box_variants`). For string fields
     each connected group keeps the split hypothesis whose pieces have the highest mean
     log max-probability (see :func:`_split_score`); groups are read left to right, pieces
     by x.
@@ -57,7 +58,7 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     if not crops:
         return []
     if crops[0].kind != "string":
-        return sorted(range(len(crops)), key=lambda i: crops[i].position)
+        return _choose_box_variants(crops, probs)
     by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, c in enumerate(crops):
         by_group[c.group][c.split].append(i)
@@ -69,6 +70,27 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
         best = max(sorted(splits), key=lambda s: _split_score(probs[splits[s]], likely))
         chosen.extend(sorted(splits[best], key=lambda i: (crops[i].bbox[0], crops[i].position)))
     return chosen
+
+
+def _choose_box_variants(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
+    """Boxed fields: every crop of group 0; for each touching component (group >= 1) the
+    cut variant whose crops are read most confidently (sum of log max-probabilities:
+    all variants cover the same boxes). By position."""
+    variants: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    chosen = []
+    for i, c in enumerate(crops):
+        if c.group == 0:
+            chosen.append(i)
+        else:
+            variants[c.group][c.split].append(i)
+    for splits in variants.values():
+        full = max(len(v) for v in splits.values())
+        best = max(
+            (s for s in sorted(splits) if len(splits[s]) == full),
+            key=lambda s: float(np.sum(np.log(np.maximum(probs[splits[s]].max(axis=1), _EPS)))),
+        )
+        chosen.extend(splits[best])
+    return sorted(chosen, key=lambda i: crops[i].position)
 
 
 def _split_score(p: np.ndarray, likely: int | None) -> float:
@@ -118,7 +140,10 @@ def read_field(
     sub = probs[nonempty] if nonempty else np.zeros((0, 10), np.float32)
     picked = choose_crops([crops[i] for i in nonempty], sub)
     used = [crops[nonempty[j]] for j in picked]
-    flags = sorted({f for c in (*used, *(c for c in crops if c.empty)) for f in c.flags})
+    # Empty crops count when not part of a cut variant that was not chosen.
+    kept = {(c.group, c.split) for c in used}
+    empties = [c for c in crops if c.empty and (c.group == 0 or (c.group, c.split) in kept)]
+    flags = sorted({f for c in (*used, *empties) for f in c.flags})
     decision = decide_field(ff, sub[picked], settings.review_below, flags)
     string = ff.kind == "string"
     digits = [

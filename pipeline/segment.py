@@ -308,90 +308,6 @@ def path_cut(m: np.ndarray, c: float, half: int) -> np.ndarray:
     return path
 
 
-def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int]]:
-    """Per box: mask of the ink it holds, and how many of those pixels lie outside it.
-
-    A component goes to the box holding most of it (at least 40 %). A component with a
-    large share (≥ 30 %) in neighbouring boxes, or wider than a box and spanning much of
-    several, is digits touching across walls: it is cut at the column of least ink near
-    each wall between them.
-    """
-    nb = len(fi.boxes)
-    n = fi.stats.shape[0]
-    areas = np.bincount(fi.labels.ravel(), minlength=n)
-    inside = np.zeros((nb, n))
-    for bi, (bx, by, bw, bh) in enumerate(fi.boxes):
-        sub = fi.labels[max(0, by) : by + bh + 1, max(0, bx) : bx + bw + 1]
-        inside[bi] = np.bincount(sub.ravel(), minlength=n)
-    masks = [np.zeros(fi.labels.shape, np.uint8) for _ in range(nb)]
-    outside = [0] * nb
-    for i in range(1, n):
-        if areas[i] == 0:
-            continue
-        fr = inside[:, i] / areas[i]
-        x, y, w, h = (int(v) for v in fi.stats[i, :4])
-        comp = (fi.labels[y : y + h, x : x + w] == i).astype(np.uint8)
-        if w > 1.15 * fi.boxes[int(np.argmax(fr))][2]:
-            # Wider than a box: digits joined across walls. Every box it spans for a good
-            # part of the box's width gets its columns, however little ink is there.
-            big = [
-                bi for bi, (bx, _, bw, _) in enumerate(fi.boxes)
-                if min(x + w, bx + bw) - max(x, bx) >= 0.35 * bw and fr[bi] >= 0.03
-            ]
-        else:
-            big = [bi for bi in range(nb) if fr[bi] >= 0.3]
-        if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in itertools.pairwise(big)):
-            # Cut along the least-ink path near each wall: touching digits are rarely
-            # separable by one straight column (a 0 leaning on its neighbour).
-            cols = np.arange(w)[None, :]
-            edges = [np.zeros((h, 1), np.int64)]
-            for b1, b2 in itertools.pairwise(big):
-                wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x
-                half = max(1, int(0.125 * fi.boxes[b1][2]))
-                edges.append(np.maximum(path_cut(comp, wall, half)[:, None], edges[-1] + 1))
-            edges.append(np.full((h, 1), w))
-            for bi, c0, c1 in zip(big, edges, edges[1:], strict=False):
-                part = comp * ((cols >= c0) & (cols < c1))
-                masks[bi][y : y + h, x : x + w] |= part.astype(np.uint8)
-                inside_px = int(part[:, max(0, fi.boxes[bi][0] - x):
-                                     fi.boxes[bi][0] + fi.boxes[bi][2] + 1 - x].sum())
-                outside[bi] += int(part.sum()) - inside_px
-            continue
-        bi = int(np.argmax(fr))
-        if fr[bi] < 0.4:
-            continue
-        masks[bi][y : y + h, x : x + w] |= comp
-        outside[bi] += int(areas[i] - inside[bi, i])
-    return masks, outside
-
-
-def box_pieces(fi: FieldInk, f: FormField) -> list[Piece]:
-    """One piece per box: the ink it holds (overruns included); empty boxes marked empty."""
-    masks, outside = _assign(fi)
-    pieces: list[Piece] = []
-    ox, oy = fi.origin
-    for bi, (bx, by, bw, bh) in enumerate(fi.boxes):
-        mask = masks[bi]
-        box_bbox = (bx + ox, by + oy, bw, bh)
-        total = int(mask.sum())
-        if total == 0:
-            pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True))
-            continue
-        _, _, mw, mh = cv2.boundingRect(mask)
-        extent = max(mh, 0.6 * mw)
-        if total < EMPTY_AREA_PX or extent < EMPTY_EXTENT * bh:
-            pieces.append(Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True, ("residue",)))
-            continue
-        ink, bbox = piece_ink(fi, mask)
-        flags: list[str] = []
-        if outside[bi] > 0.1 * total:
-            flags.append("overrun")
-        if float(fi.ink[mask > 0].max()) < 90.0:
-            flags.append("faint")
-        pieces.append(Piece(bi, bbox, ink, False, tuple(flags)))
-    return pieces
-
-
 def field_pieces(image: np.ndarray, t: Template, f: FormField) -> list[Piece]:
     """The digit pieces of one field (the ink each crop is normalized from)."""
     fi = field_ink(image, t, f)
@@ -399,6 +315,8 @@ def field_pieces(image: np.ndarray, t: Template, f: FormField) -> list[Piece]:
         from pipeline.segment_string import string_pieces
 
         return string_pieces(fi, f, t)
+    from pipeline.segment_boxes import box_pieces
+
     return box_pieces(fi, f)
 
 

@@ -219,3 +219,36 @@ def test_debug_picture_draws_crops_and_readings(
     out = write_debug(tmp_path / "dbg" / "page.png", reg, tmpl, crops)
     back = cv2.imread(str(out))
     assert out.is_file() and back is not None and back.shape == pic.shape
+
+
+def test_digits_touching_across_a_wall_get_cut_variants(tmpl: Template, digits: tuple) -> None:
+    """A 0 leaning into its neighbour's box, touching the 7 there: one component over two
+    boxes, offered as several cuts; every cut gives both boxes ink, and the model's pick
+    (assemble.choose_crops) keeps exactly one crop per box."""
+    from pipeline.assemble import choose_crops
+
+    img = render_blank(tmpl).copy()
+    x, y, w, h = box_px(tmpl, "zip_code", 1)
+    zero, seven = pick(digits, 0), pick(digits, 7)
+    height = int(h * 0.8)
+    wz = round(zero.shape[1] * height / zero.shape[0])
+    m0 = paint(img, zero, x + w - int(0.75 * wz), y + (h - height) // 2, height)
+    x2 = box_px(tmpl, "zip_code", 2)[0]
+    m1 = paint(img, seven, x2 - 4, y + (h - height) // 2, height)
+    assert (cv2.dilate(m0.astype(np.uint8), np.ones((3, 3), np.uint8)) & m1).any()  # touching
+    crops = [c for c in segment_page(registered(img, tmpl), tmpl) if c.field == "zip_code"]
+    variants = [c for c in crops if c.group > 0]
+    assert {c.position for c in variants} == {1, 2}
+    splits = {c.split for c in variants}
+    assert 0 in splits and len(splits) >= 2
+    for s in splits:
+        assert sorted(c.position for c in variants if c.split == s) == [1, 2]
+        assert not any(c.empty for c in variants if c.split == s)
+    ink = [c for c in crops if not c.empty]
+    probs = np.full((len(ink), 10), 0.01)
+    best = max(splits)  # make the last variant the confident one
+    for i, c in enumerate(ink):
+        probs[i, 0 if c.position == 1 else 7] = 0.99 if c.group == 0 or c.split == best else 0.5
+    picked = [ink[i] for i in choose_crops(ink, probs)]
+    assert [c.position for c in picked] == [1, 2]
+    assert all(c.split == best for c in picked)
