@@ -249,7 +249,10 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
         lo, hi, prof = pr
         prof = np.minimum(prof, cap)
         # One pixel of slack across the wall: registration is not sub-pixel exact.
-        prof = np.maximum(prof, np.maximum(np.r_[prof[1:], 0], np.r_[0, prof[:-1]]))
+        wide = prof.copy()  # max with both neighbours (ink is >= 0, so the ends keep theirs)
+        np.maximum(wide[:-1], prof[1:], out=wide[:-1])
+        np.maximum(wide[1:], prof[:-1], out=wide[1:])
+        prof = wide
         prof = np.where(prof < 8.0, 0.0, prof).astype(np.float32)
         a1, b1 = max(0, a - t), b + t + 1
         if axis == 0:
