@@ -30,6 +30,7 @@ _EPS = 1e-12
 # 86.4 % with the count prior alone); 200 development pages: 83.3 % (80.3 %).
 SPLIT_COUNT_PENALTY = 0.3
 SPLIT_PIECE_COST = 0.3
+CUT_DOUBT_NATS = 2.3  # a cut reading differently and less than 10x less probable: review
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,25 +73,52 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     return chosen
 
 
+def _box_variants(crops: Sequence[FieldCrop], probs: np.ndarray
+                  ) -> tuple[list[int], list[list[tuple[float, str, list[int]]]]]:
+    """Crops of group 0, and per touching component its complete cut variants as
+    (sum of log max-probabilities, reading, crop indices), best first."""
+    variants: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    plain = []
+    for i, c in enumerate(crops):
+        if c.group == 0:
+            plain.append(i)
+        else:
+            variants[c.group][c.split].append(i)
+    ranked = []
+    for splits in variants.values():
+        full = max(len(v) for v in splits.values())
+        cand = []
+        for s in sorted(splits):
+            idx = sorted(splits[s], key=lambda i: crops[i].position)
+            if len(idx) == full:
+                p = probs[idx]
+                score = float(np.sum(np.log(np.maximum(p.max(axis=1), _EPS))))
+                cand.append((score, "".join(str(int(d)) for d in p.argmax(axis=1)), idx))
+        cand.sort(key=lambda t: -t[0])  # stable: ties keep the default (split 0) first
+        ranked.append(cand)
+    return plain, ranked
+
+
 def _choose_box_variants(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     """Boxed fields: every crop of group 0; for each touching component (group >= 1) the
     cut variant whose crops are read most confidently (sum of log max-probabilities:
     all variants cover the same boxes). By position."""
-    variants: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    chosen = []
-    for i, c in enumerate(crops):
-        if c.group == 0:
-            chosen.append(i)
-        else:
-            variants[c.group][c.split].append(i)
-    for splits in variants.values():
-        full = max(len(v) for v in splits.values())
-        best = max(
-            (s for s in sorted(splits) if len(splits[s]) == full),
-            key=lambda s: float(np.sum(np.log(np.maximum(probs[splits[s]].max(axis=1), _EPS)))),
-        )
-        chosen.extend(splits[best])
+    plain, ranked = _box_variants(crops, probs)
+    chosen = plain + [i for cand in ranked for i in cand[0][2]]
     return sorted(chosen, key=lambda i: crops[i].position)
+
+
+def cut_in_doubt(crops: Sequence[FieldCrop], probs: np.ndarray) -> bool:
+    """Whether another cut of touching digits reads differently and is not much less
+    probable than the chosen one (within :data:`CUT_DOUBT_NATS`): then the reading rests
+    on where the digits were cut, and a person should look."""
+    if not crops or crops[0].kind == "string":
+        return False
+    _, ranked = _box_variants(crops, probs)
+    return any(
+        other[1] != cand[0][1] and other[0] >= cand[0][0] - CUT_DOUBT_NATS
+        for cand in ranked for other in cand[1:]
+    )
 
 
 def _split_score(p: np.ndarray, likely: int | None) -> float:
@@ -143,7 +171,9 @@ def read_field(
     # Empty crops count when not part of a cut variant that was not chosen.
     kept = {(c.group, c.split) for c in used}
     empties = [c for c in crops if c.empty and (c.group == 0 or (c.group, c.split) in kept)]
-    flags = sorted({f for c in (*used, *empties) for f in c.flags})
+    flags = sorted({f for c in (*used, *empties) for f in c.flags}
+                   | ({"ambiguous_cut"} if cut_in_doubt([crops[i] for i in nonempty], sub)
+                      else set()))
     decision = decide_field(ff, sub[picked], settings.review_below, flags)
     string = ff.kind == "string"
     digits = [
