@@ -4,7 +4,7 @@ Synthesizes pages (a seed never used in development), runs the real pipeline, sc
 results against the synth truth, and writes the "Pipeline accuracy (issue 5)" section of
 docs/BENCHMARKS.md plus bench/pipeline_results.json.
 
-    python -m bench.pipeline_accuracy --pages 200 --seed 5150 [--model FILE] [--json]
+    python -m bench.pipeline_accuracy --pages 200 --seed 6160 [--model FILE] [--json]
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def markdown(r: dict[str, object], cmd: str) -> str:
     reasons = "\n".join(f"| {k} | {v} |" for k, v in rr.items())
     return f"""## Pipeline accuracy (issue 5)
 
-{r['pages']} synthetic pages from MNIST **test** digits (seed {r['seed']}, never used in
-development), both templates, all formats; model `{r['model']}`; default review threshold.
+{r['pages']} synthetic pages from MNIST **test** digits (seed {r['seed']}), both templates,
+all formats; model `{r['model']}`; default review threshold.
 Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()},
 2 cores (shared machine).
 
@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description="End-to-end accuracy on MNIST-test pages")
     ap.add_argument("--pages", type=int, default=200)
-    # 4242 served for development (tuning segmentation and flags); 5150 only for reporting.
-    ap.add_argument("--seed", type=int, default=5150)
+    # 4242 served for development (tuning segmentation, flags, thresholds); 5150 was the
+    # first held-out run, whose accepted errors led to the ambiguous-cut doubt; 6160 is
+    # the reporting seed since (docs/BENCHMARKS.md keeps both results).
+    ap.add_argument("--seed", type=int, default=6160)
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-doc", action="store_true")
