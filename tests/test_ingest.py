@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.hostile_inputs import minimal_pdf  # the same hand-written PDF the bench uses
 from pipeline.errors import (
     CorruptFileError,
     EncryptedPdfError,
@@ -39,29 +40,6 @@ def _load(path: Path, page: int = 0, dpi: int = 100) -> np.ndarray:
     return img
 
 
-def minimal_pdf(pages: int = 1, encrypt: bool = False) -> bytes:
-    """A hand-written PDF (optionally with a /Encrypt dictionary nobody can open)."""
-    objs = ["<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
-    objs.append(f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>")
-    objs += ["<< /Type /Page /Parent 2 0 R /MediaBox [0 0 144 72] >>"] * pages
-    if encrypt:
-        objs.append(
-            "<< /Filter /Standard /V 1 /R 2 /O <" + "11" * 32 + "> /U <" + "22" * 32 + "> /P -4 >>"
-        )
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, o in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n{o}\nendobj\n".encode()
-    xref = len(out)
-    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{off:010d} 00000 n \n".encode() for off in offsets)
-    trailer = f"<< /Size {len(objs) + 1} /Root 1 0 R"
-    if encrypt:
-        trailer += f" /Encrypt {len(objs)} 0 R /ID [<{'ab' * 16}> <{'ab' * 16}>]"
-    out += f"trailer\n{trailer} >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
 
 
 # ------------------------------------------------------------------ encodings
