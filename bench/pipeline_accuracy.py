@@ -1,6 +1,6 @@
 """Issue 5 benchmark: end-to-end reading accuracy on synthetic pages of MNIST *test* digits.
 
-Synthesizes pages (a seed never used in development), runs the real pipeline, scores the
+Synthesizes pages (a held-out seed; see --seed), runs the real pipeline, scores the
 results against the synth truth, and writes the "Pipeline accuracy (issue 5)" section of
 docs/BENCHMARKS.md plus bench/pipeline_results.json.
 
