@@ -51,7 +51,7 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     """Indices (into ``crops``/``probs``) of the crops that form the reading, in order.
 
     ``crops`` are one field's non-empty crops and ``probs`` their rows. Boxed fields keep
-    one crop per box (see :func:`_choose_box_variants`). For string fields
+    one crop per box (see :func:`choose_box_crops`). For string fields
     each connected group keeps the split hypothesis whose pieces have the highest mean
     log max-probability (see :func:`_split_score`); groups are read left to right, pieces
     by x.
@@ -59,7 +59,7 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
     if not crops:
         return []
     if crops[0].kind != "string":
-        return _choose_box_variants(crops, probs)
+        return choose_box_crops(crops, probs)[0]
     by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, c in enumerate(crops):
         by_group[c.group][c.split].append(i)
@@ -99,26 +99,20 @@ def _box_variants(crops: Sequence[FieldCrop], probs: np.ndarray
     return plain, ranked
 
 
-def _choose_box_variants(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
-    """Boxed fields: every crop of group 0; for each touching component (group >= 1) the
-    cut variant whose crops are read most confidently (sum of log max-probabilities:
-    all variants cover the same boxes). By position."""
+def choose_box_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> tuple[list[int], bool]:
+    """Boxed fields: (chosen crop indices by position, whether the cut is in doubt).
+
+    Every crop of group 0 is kept; for each touching component (group >= 1) the cut
+    variant whose crops are read most confidently (sum of log max-probabilities: all
+    variants cover the same boxes). The cut is in doubt when another variant reads
+    differently and is not much less probable (within :data:`CUT_DOUBT_NATS`): then the
+    reading rests on where the digits were cut, and a person should look.
+    """
     plain, ranked = _box_variants(crops, probs)
     chosen = plain + [i for cand in ranked for i in cand[0][2]]
-    return sorted(chosen, key=lambda i: crops[i].position)
-
-
-def cut_in_doubt(crops: Sequence[FieldCrop], probs: np.ndarray) -> bool:
-    """Whether another cut of touching digits reads differently and is not much less
-    probable than the chosen one (within :data:`CUT_DOUBT_NATS`): then the reading rests
-    on where the digits were cut, and a person should look."""
-    if not crops or crops[0].kind == "string":
-        return False
-    _, ranked = _box_variants(crops, probs)
-    return any(
-        other[1] != cand[0][1] and other[0] >= cand[0][0] - CUT_DOUBT_NATS
-        for cand in ranked for other in cand[1:]
-    )
+    doubt = any(other[1] != cand[0][1] and other[0] >= cand[0][0] - CUT_DOUBT_NATS
+                for cand in ranked for other in cand[1:])
+    return sorted(chosen, key=lambda i: crops[i].position), doubt
 
 
 def _split_score(p: np.ndarray, likely: int | None) -> float:
@@ -166,14 +160,17 @@ def read_field(
 
     nonempty = [i for i, c in enumerate(crops) if not c.empty]
     sub = probs[nonempty] if nonempty else np.zeros((0, 10), np.float32)
-    picked = choose_crops([crops[i] for i in nonempty], sub)
+    ink = [crops[i] for i in nonempty]
+    if ff.kind == "string":
+        picked, cut_doubt = choose_crops(ink, sub), False
+    else:
+        picked, cut_doubt = choose_box_crops(ink, sub)
     used = [crops[nonempty[j]] for j in picked]
     # Empty crops count when not part of a cut variant that was not chosen.
     kept = {(c.group, c.split) for c in used}
     empties = [c for c in crops if c.empty and (c.group == 0 or (c.group, c.split) in kept)]
     flags = sorted({f for c in (*used, *empties) for f in c.flags}
-                   | ({"ambiguous_cut"} if cut_in_doubt([crops[i] for i in nonempty], sub)
-                      else set()))
+                   | ({"ambiguous_cut"} if cut_doubt else set()))
     decision = decide_field(ff, sub[picked], settings.review_below, flags)
     string = ff.kind == "string"
     digits = [

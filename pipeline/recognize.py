@@ -229,14 +229,7 @@ def available_cores() -> int:
 def configure_main_threads(workers: int) -> int:
     """Give the main process (the CNN) the cores the workers leave free; returns that."""
     n = max(1, available_cores() - workers)
-    torch.set_num_threads(n)
-    if workers > 0:
-        # Workers are forked from this process: an OpenCV thread pool alive at fork time
-        # leaves its lock held in the children, which then hang in their first cv2 call.
-        # The main process does no image work while workers run, so it needs no pool.
-        import cv2
-
-        cv2.setNumThreads(0)
+    torch.set_num_threads(n)  # (OpenCV threads are turned off before each fork: _loader)
     return n
 
 
@@ -248,7 +241,7 @@ def _worker_context() -> multiprocessing.context.BaseContext | None:
     its page workers too, and each would import torch afresh: ~600 MB RSS and ~350 MB of
     private memory per worker instead of ~450 MB RSS mostly shared with this process,
     plus a second of start-up. Forked workers are also what the thread and parent-death
-    handling here (``configure_main_threads``, ``_die_with_parent``) is written for.
+    handling here (``_loader``, ``_die_with_parent``) is written for.
     """
     if "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")

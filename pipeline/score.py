@@ -91,6 +91,15 @@ class _Tally:
                 self.accepted += 1
                 self.accepted_wrong += not correct
 
+    def summary(self) -> dict[str, Any]:
+        """``n``, ``accuracy`` (missing = wrong), ``review_rate`` and ``accepted_error``."""
+        return {
+            "n": self.n,
+            "accuracy": _ratio(self.correct, self.n),
+            "review_rate": _ratio(self.review, self.matched),
+            "accepted_error": _ratio(self.accepted_wrong, self.accepted),
+        }
+
 
 def _predicted_boxes(value: str, positions: list[int], digits: list[int]) -> dict[int, int]:
     if len(value) == len(positions) and value.isdigit():
@@ -174,23 +183,7 @@ def score_results(out_dir: str | Path, truth_dir: str | Path) -> dict[str, Any]:
         "accepted_fields": total.accepted,
         "accepted_field_error": _ratio(total.accepted_wrong, total.accepted),
         "empty_accuracy": _ratio(empty_ok, total.matched),
-        "per_field": {
-            name: {
-                "n": t.n,
-                "accuracy": _ratio(t.correct, t.n),
-                "review_rate": _ratio(t.review, t.matched),
-                "accepted_error": _ratio(t.accepted_wrong, t.accepted),
-            }
-            for name, t in sorted(per_field.items())
-        },
-        "per_kind": {
-            kind: {
-                "n": t.n,
-                "accuracy": _ratio(t.correct, t.n),
-                "review_rate": _ratio(t.review, t.matched),
-                "accepted_error": _ratio(t.accepted_wrong, t.accepted),
-            }
-            for kind, t in sorted(per_kind.items())
-        },
+        "per_field": {name: t.summary() for name, t in sorted(per_field.items())},
+        "per_kind": {kind: t.summary() for kind, t in sorted(per_kind.items())},
         "risk_coverage": risk,
     }

@@ -279,6 +279,28 @@ def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, in
     return out, (int(x0 + ox), int(y0 + oy), int(x1 - x0), int(y1 - y0))
 
 
+def least_ink_column(proj: np.ndarray, c: float, half: int, pull: float = 0.0) -> int:
+    """The column within ``half`` of ``c`` where a straight cut crosses the least ink
+    (``proj``: ink per column); ``pull`` × the peak column ink per ``half`` of distance
+    keeps the cut near ``c`` when the ink is much the same."""
+    w = len(proj)
+    lo, hi = max(1, int(c) - half), min(w - 1, int(c) + half + 1)
+    if hi <= lo:
+        return int(c)
+    xs = np.arange(lo, hi)
+    cost = proj[lo:hi] + pull * float(proj.max()) * np.abs(xs - c) / max(half, 1)
+    return int(xs[int(np.argmin(cost))])
+
+
+def new_cut(edges: list[np.ndarray], seen: list[list[np.ndarray]]) -> bool:
+    """Whether the cut ``edges`` (per-row x of each boundary) differs from all ``seen``;
+    if so it is added to them. Cut variants often coincide (a clean gap)."""
+    if any(all(np.array_equal(a, b) for a, b in zip(edges, e, strict=True)) for e in seen):
+        return False
+    seen.append(edges)
+    return True
+
+
 def path_cut(m: np.ndarray, c: float, half: int) -> np.ndarray:
     """A top-to-bottom cut through the least ink near column ``c``: its x for every row.
 

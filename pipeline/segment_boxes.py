@@ -20,6 +20,8 @@ from pipeline.segment import (
     EMPTY_EXTENT,
     FieldInk,
     Piece,
+    least_ink_column,
+    new_cut,
     path_cut,
     piece_ink,
 )
@@ -66,14 +68,11 @@ def _cut_variants(fi: FieldInk, comp: np.ndarray, x: int, y: int,
             if kind == "path":
                 cut = path_cut(comp, wall, half)[:, None]
             else:
-                lo, hi = max(1, int(wall - 2 * half)), min(w - 1, int(wall + 2 * half) + 1)
-                c = lo + int(np.argmin(proj[lo:hi])) if hi > lo else int(wall)
-                cut = np.full((h, 1), c)
+                cut = np.full((h, 1), least_ink_column(proj, wall, 2 * half))
             edges.append(np.maximum(cut, edges[-1] + 1))
         edges.append(np.full((h, 1), w))
-        if any(all(np.array_equal(a, b) for a, b in zip(edges, e, strict=True)) for e in seen):
+        if not new_cut(edges, seen):
             continue
-        seen.append(edges)
         parts = []
         for c0, c1 in itertools.pairwise(edges):
             part = np.zeros(fi.labels.shape, np.uint8)

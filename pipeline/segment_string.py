@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from pipeline.segment import FieldInk, Piece, path_cut, piece_ink
+from pipeline.segment import FieldInk, Piece, least_ink_column, new_cut, path_cut, piece_ink
 from pipeline.templates import FormField, Template
 
 SINGLE_MAX_RATIO = 0.85  # groups narrower than this × digit height are one digit
@@ -113,18 +113,8 @@ def _cuts(proj: np.ndarray, k: int, shift: float = 0.0) -> list[int]:
     string differ in width: a 1 beside a 0).
     """
     w = len(proj)
-    cuts: list[int] = []
-    for i in range(1, k):
-        c = (i + shift) * w / k
-        half = max(1, int(0.22 * w / k))
-        lo, hi = max(1, int(c) - half), min(w - 1, int(c) + half + 1)
-        if hi <= lo:
-            cuts.append(int(c))
-            continue
-        xs = np.arange(lo, hi)
-        cost = proj[lo:hi] + 0.15 * proj.max() * np.abs(xs - c) / half
-        cuts.append(int(xs[int(np.argmin(cost))]))
-    return cuts
+    half = max(1, int(0.22 * w / k))
+    return [least_ink_column(proj, (i + shift) * w / k, half, pull=0.15) for i in range(1, k)]
 
 
 def _variants(m: np.ndarray, proj: np.ndarray, k: int) -> list[tuple[int, list[np.ndarray]]]:
@@ -144,11 +134,8 @@ def _variants(m: np.ndarray, proj: np.ndarray, k: int) -> list[tuple[int, list[n
         cuts = _cuts(proj, k, shift)
         for edges in ([np.full((h, 1), c) for c in cuts],
                       [path_cut(m, c, half)[:, None] for c in cuts]):
-            if any(all(np.array_equal(a, b) for a, b in zip(edges, e, strict=True))
-                   for e in seen):
-                continue
-            seen.append(edges)
-            out.append((k + PATH_SPLIT * len(out), edges))
+            if new_cut(edges, seen):
+                out.append((k + PATH_SPLIT * len(out), edges))
     return out
 
 
