@@ -2,7 +2,7 @@
 
 1. Overhead: ``formdigits flow`` vs ``formdigits run`` on the same N pages, each as a fresh
    CLI process into a fresh output folder (so both pay imports and model loading; the
-   flow also pays Prefect's ephemeral API start and its 2 s settle look). Target: flow
+   flow also pays Prefect's ephemeral API start and its 2 s settle interval). Target: flow
    wall time ≤ 1.10 × run wall time.
 2. Scale-out: the flow with ``--dask-address`` on a ``LocalCluster`` of 1 and then 2
    workers (processes, 1 thread each, 127.0.0.1). Target: 2 workers ≥ 1.6 × the pages/s
@@ -180,7 +180,8 @@ def write_section(results: dict[str, Any]) -> None:
                   f"Flow / run wall time: **{o['ratio']}** "
                   f"({ok} the ≤ 1.10 target). Both are "
                   "fresh processes; the flow's wall time includes starting Prefect's ephemeral "
-                  "API (in parallel with model loading) and the 2 s settle look.", ""]
+                  "API (in parallel with imports and model loading) and its 2 s settle "
+                  "interval (which passes during the imports).", ""]
     if d:
         ok = "meets" if d["speedup"] >= 1.6 else "misses"
         w1, w2 = d["workers_1"], d["workers_2"]

@@ -81,6 +81,7 @@ class BackgroundAPI:
         self._port = 0
         if self.url is None:
             self._spawn()
+        self.ephemeral = False  # True once wait() returns the server spawned here
         self._thread = threading.Thread(target=self._ready, name="prefect-api", daemon=True)
         self._thread.start()
 
@@ -97,6 +98,9 @@ class BackgroundAPI:
         app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
+        # Registering Prefect's block types keeps a fresh server busy into the first
+        # requests (~0.2 s); these runs use no blocks. A user's own setting still wins.
+        env.setdefault("PREFECT_API_BLOCKS_REGISTER_ON_START", "false")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
@@ -127,7 +131,7 @@ class BackgroundAPI:
                                        f"{self.proc.returncode}")
                 try:
                     if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        self.url = url
+                        self.url, self.ephemeral = url, True
                         return
                 except httpx.HTTPError:
                     pass
@@ -201,13 +205,20 @@ def flow_cmd(
 ) -> None:
     """Run the nightly flow once: read what is new in the scan folder into OUT."""
     prefect_environment(verbose)
-    api = BackgroundAPI()
-    from flows.cli_run import summary_table
     from pipeline.errors import DataNotFoundError, StrictModeError
-    from pipeline.run import RunSummary
 
     if not input_dir.is_dir():
         raise DataNotFoundError(f"scan folder {input_dir} does not exist or is not a folder")
+    api = BackgroundAPI()
+    # The first look at the folder, before torch and Prefect load: the settle interval
+    # between the two looks then passes during the imports instead of being slept.
+    from pipeline.ingest import discover
+    from pipeline.looks import snapshot
+
+    looked = snapshot(discover([input_dir], exclude=[out] + ([archive] if archive else [])))
+    from flows.cli_run import summary_table
+    from pipeline.run import RunSummary
+
     settings = _settings(
         config, templates=tuple(template) if template else None, model=model, device=device,
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
@@ -217,7 +228,7 @@ def flow_cmd(
 
     r = run_once(input_dir, out, settings, api=api, archive_dir=archive,
                  dask_address=dask_address or os.environ.get(DASK_ENV) or None,
-                 chunk_pages=chunk_pages, settle_seconds=settle_seconds)
+                 chunk_pages=chunk_pages, settle_seconds=settle_seconds, looked=looked)
     fields = {k: r[k] for k in RunSummary.__dataclass_fields__}
     console.print(summary_table(RunSummary(**fields), out))
     if not r["new_files"]:

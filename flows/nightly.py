@@ -353,27 +353,48 @@ def summary_markdown(r: dict[str, Any], errors_by_type: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def first_look(input_dir: Path, out_dir: Path, archive_dir: Path | None = None
+               ) -> intake.Snapshot:
+    """The flow's first look at the scan folder (its output and archive excluded)."""
+    exclude = [Path(out_dir)] + ([Path(archive_dir)] if archive_dir else [])
+    return intake.snapshot(discover([Path(input_dir)], exclude=exclude))
+
+
 def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
              api: BackgroundAPI | None = None, archive_dir: Path | None = None,
              dask_address: str | None = None, chunk_pages: int | None = None,
-             settle_seconds: float = DEFAULT_SETTLE_SECONDS) -> dict[str, Any]:
+             settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+             looked: intake.Snapshot | None = None) -> dict[str, Any]:
     """Run the flow once (what ``formdigits flow`` and cron call); returns its summary.
 
     ``api`` (started by the caller as early as possible) is the configured Prefect API or
     an ephemeral one; the model is loaded while it starts. Its address is put into the
     settings so Dask workers, which are other processes, report to the same API instead
-    of each starting their own.
+    of each starting their own. ``looked`` is a :func:`first_look` the caller took
+    earlier still (the settle interval runs from then); otherwise it is taken now.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     api = api or BackgroundAPI()
     s = RunSettings.model_validate(settings)
-    exclude = [Path(out_dir)] + ([Path(archive_dir)] if archive_dir else [])
-    # The settle interval starts now, not once the API answers.
-    intake.EARLY_LOOKS[str(input_dir)] = intake.snapshot(discover([Path(input_dir)],
-                                                                  exclude=exclude))
+    # The settle interval starts at the first look, not once the API answers.
+    intake.EARLY_LOOKS[str(input_dir)] = looked or first_look(input_dir, out_dir, archive_dir)
     intake.cached_predictor(s.model, s.device, s.batch_size)  # meanwhile: the model
+    # ... and what Prefect imports on its first flow call (0.3 s: it serializes the
+    # parameters with FastAPI's encoder), so that it is not paid after the API is up.
+    import fastapi.encoders  # noqa: F401
+
     url = api.wait()
+    updates: dict[Any, Any] = {PREFECT_API_URL: url}
+    if api.ephemeral:
+        # Heartbeats let a server mark a run whose process died as crashed. The ephemeral
+        # API dies with this process, so nobody could ever read them; and stopping
+        # Prefect's heartbeat thread costs up to a second (it sleeps in 1 s steps).
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     kwargs: dict[str, Any] = {
         "input_dir": str(input_dir), "out_dir": str(out_dir), "settings": settings,
         "archive_dir": str(archive_dir) if archive_dir else None,
@@ -381,7 +402,7 @@ def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
         "settle_seconds": settle_seconds,
     }
     try:
-        with temporary_settings({PREFECT_API_URL: url}):
+        with temporary_settings(updates):
             return process_scan_folder(**kwargs)
     finally:
         intake.EARLY_LOOKS.pop(str(input_dir), None)  # unused if the flow failed early

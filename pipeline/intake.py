@@ -2,8 +2,9 @@
 
 Plain functions (no Prefect) used by ``flows/nightly.py``:
 
-* :func:`snapshot` / :func:`settled` — a file whose size or mtime changed between two looks
-  a short interval apart is still being copied in; it waits for the next run.
+* :func:`snapshot` / :func:`settled` (from :mod:`pipeline.looks`) — a file whose size or
+  mtime changed between two looks a short interval apart is still being copied in; it
+  waits for the next run.
 * :class:`StatCache` — ``OUT/intake.json`` remembers (size, mtime, ctime, inode) → sha256 of
   files already committed, so an unchanged folder is not re-hashed every night. The
   exactly-once record itself is the output store's commit log (``OUT/manifest``: one row
@@ -26,17 +27,18 @@ import json
 import os
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipeline.errors import FormdigitsError, OutputError, OutputLockedError
+from pipeline.looks import FileStat, Snapshot, settled, snapshot
 from pipeline.plan import Plan, WorkItem
 from pipeline.store import FileEntry, OutputStore, read_table
+
+__all__ = ["FileStat", "Snapshot", "settled", "snapshot"]  # re-exported from looks
 
 STAT_CACHE = "intake.json"
 # errnos that will not go away by waiting: retrying them only delays the failure.
@@ -44,65 +46,6 @@ _PERMANENT_ERRNOS = frozenset({
     errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
     errno.EEXIST, errno.EINVAL, errno.ENAMETOOLONG, errno.EXDEV,
 })
-
-
-# --------------------------------------------------------------------------- settling
-
-
-@dataclass(frozen=True, slots=True)
-class FileStat:
-    """What two looks at a file compare (and what the stat cache keys on)."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStat | None:
-        """The file's stat now (``None`` if it vanished or cannot be stat-ed)."""
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The first look: per file its stat, and when the look was taken."""
-
-    stats: Mapping[Path, FileStat | None]
-    taken: float  # time.monotonic()
-
-
-def snapshot(paths: Iterable[Path]) -> Snapshot:
-    """Take the first look at ``paths``."""
-    return Snapshot({p: FileStat.of(p) for p in paths}, time.monotonic())
-
-
-def settled(
-    first: Snapshot, interval_s: float, sleep: Callable[[float], None] = time.sleep,
-) -> tuple[list[Path], list[Path]]:
-    """Second look, at least ``interval_s`` after the first: ``(settled, still_changing)``.
-
-    A file counts as settled when size, mtime and inode are unchanged and it is not
-    empty-and-new (an empty file is usually a copy that has not started). Only the time
-    still missing since the first look is slept, so work done in between is free.
-    """
-    wait = interval_s - (time.monotonic() - first.taken)
-    if wait > 0 and first.stats:
-        sleep(wait)
-    ok: list[Path] = []
-    changing: list[Path] = []
-    for path, before in first.stats.items():
-        now = FileStat.of(path)
-        if now is None:
-            continue  # vanished (moved away by someone else): nothing to do with it
-        same = before is not None and (before.size, before.mtime_ns, before.inode) == (
-            now.size, now.mtime_ns, now.inode)
-        (ok if same and now.size > 0 else changing).append(path)
-    return ok, changing
 
 
 # --------------------------------------------------------------------------- stat cache

@@ -190,6 +190,20 @@ def test_file_still_being_copied_waits_for_next_run(fakes: None, scans: Path,
     assert (r2["new_files"], r2["waiting_files"]) == (1, 0)
 
 
+def test_settle_interval_runs_from_the_commands_first_look(fakes: None, scans: Path,
+                                                          tmp_path: Path) -> None:
+    """``formdigits flow`` looks at the folder before loading torch and Prefect; the flow's
+    second look then needs no sleep when the interval has already passed meanwhile."""
+    out = tmp_path / "out"
+    looked = nightly.first_look(scans, out)
+    assert looked.stats and all(out not in q.parents for q in looked.stats)
+    earlier = intake.Snapshot(looked.stats, looked.taken - 60.0)  # taken a minute ago
+    t0 = time.monotonic()
+    r = nightly.run_once(scans, out, SETTINGS, looked=earlier, settle_seconds=30.0)
+    assert time.monotonic() - t0 < 30.0  # the 30 s interval was not slept again
+    assert (r["new_files"], r["waiting_files"]) == (7, 0)
+
+
 def test_corrupt_file_is_an_error_row_and_the_run_succeeds(fakes: None, scans: Path,
                                                            tmp_path: Path) -> None:
     state = nightly.process_scan_folder(str(scans), str(tmp_path / "out"), settings=SETTINGS,
