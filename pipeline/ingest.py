@@ -3,8 +3,9 @@
 The format is taken from the file's magic bytes, never from its name. Every limit in
 :class:`pipeline.settings.Limits` is checked *before* pixels are allocated: file size from
 ``stat``, page size from the image header (or PDF page box × dpi), page count from the
-container. Colour pages become grayscale by keeping the RED channel (see the shared brief:
-the light-red dropout boxes vanish, blue/black ink stays dark).
+container. Image pixels are decoded by :mod:`pipeline.decode`; PDF pages are rendered
+here. Colour pages become grayscale by keeping the RED channel (the light-red dropout
+boxes vanish, blue/black ink stays dark).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile
 
+from pipeline.decode import check_pixels, decode_image_page, open_image
 from pipeline.errors import (
     CorruptFileError,
     DataNotFoundError,
@@ -51,7 +51,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00+", "tiff"),
 )
 _PDF_MAGIC = b"%PDF-"
-_PIL_FORMATS = {"png": ["PNG"], "jpeg": ["JPEG"], "tiff": ["TIFF"]}
 _POINTS_PER_INCH = 72.0
 
 
@@ -177,8 +176,8 @@ def count_pages(path: Path, limits: Limits) -> int:
         with _open_pdf(path) as pdf:
             n = len(pdf)
     else:
-        with _open_image(path, fmt, limits) as im:
-            _check_pixels(path, im.size, limits)
+        with open_image(path, fmt, limits) as im:
+            check_pixels(path, im.size, limits)
             n = int(getattr(im, "n_frames", 1)) if fmt == "tiff" else 1
     if n < 1:
         raise CorruptFileError(f"{path}: the file holds no pages")
@@ -191,138 +190,27 @@ def count_pages(path: Path, limits: Limits) -> int:
 
 def load_page(
     path: Path, page_index: int, limits: Limits, pdf_dpi: int, *, source: str | None = None,
-    sha256: str | None = None,
+    sha256: str | None = None, min_dpi: float | None = None, long_mm: float | None = None,
 ) -> Page:
     """Decode one page as a 2-D uint8 grayscale ``Page`` (ink dark on light paper).
 
-    ``source``/``sha256`` fill the ``PageKey`` (computed here when not given).
+    ``source``/``sha256`` fill the ``PageKey`` (computed here when not given). With
+    ``min_dpi`` (what the reader needs) and ``long_mm`` (the longest page side it
+    expects), a JPEG page is decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) that
+    keeps at least ``min_dpi``: the pipeline works at 150 dpi, and decoding a 300-dpi
+    JPEG at half size skips most of the inverse DCT and colour conversion.
     """
     fmt = detect_format(path, limits)
     if fmt == "pdf":
         image, dpi = _render_pdf_page(path, page_index, limits, pdf_dpi)
     else:
-        image, dpi = _decode_image_page(path, fmt, page_index, limits)
+        image, dpi = decode_image_page(path, fmt, page_index, limits, min_dpi, long_mm)
     key = PageKey(
         source=source if source is not None else str(path),
         file_sha256=sha256 if sha256 is not None else file_sha256(path),
         page=page_index,
     )
     return Page(key=key, image=image, dpi=dpi)
-
-
-def _check_pixels(path: Path, size: tuple[int, int], limits: Limits) -> None:
-    w, h = size
-    if w <= 0 or h <= 0:
-        raise CorruptFileError(f"{path}: page has no pixels ({w}x{h})")
-    if w * h > limits.max_pixels:
-        raise LimitExceededError(
-            f"{path}: page is {w}x{h} = {w * h:,} pixels, over limits.max_pixels="
-            f"{limits.max_pixels:,} (possible decompression bomb)"
-        )
-
-
-class _ImageCtx:
-    """``Image.open`` that maps Pillow's failures to our error types."""
-
-    def __init__(self, path: Path, fmt: str, limits: Limits | None = None) -> None:
-        self.path, self.fmt = path, fmt
-        self.max_pixels = limits.max_pixels if limits is not None else None
-        self.im: Image.Image | None = None
-
-    def __enter__(self) -> Image.Image:
-        old_max = Image.MAX_IMAGE_PIXELS
-        try:
-            with warnings.catch_warnings():
-                # Our own max_pixels check decides; Pillow's warning would only be noise.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                if self.max_pixels is not None:
-                    # Pillow refuses at 2x MAX_IMAGE_PIXELS (179 M px by default) during
-                    # open: tie that ceiling to limits.max_pixels, so raising the limit
-                    # really admits bigger pages and the header is still refused before
-                    # any pixel is allocated.
-                    Image.MAX_IMAGE_PIXELS = self.max_pixels
-                self.im = Image.open(self.path, formats=_PIL_FORMATS[self.fmt])
-        except Image.DecompressionBombError as exc:
-            raise LimitExceededError(
-                f"{self.path}: page too large, refused before decoding (possible "
-                f"decompression bomb; limits.max_pixels={self.max_pixels or old_max:,}): {exc}"
-            ) from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptFileError(f"{self.path}: cannot read {self.fmt.upper()}: {exc}") from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = old_max
-        return self.im
-
-    def __exit__(self, *exc: object) -> None:
-        if self.im is not None:
-            self.im.close()
-
-
-def _open_image(path: Path, fmt: str, limits: Limits | None = None) -> _ImageCtx:
-    return _ImageCtx(path, fmt, limits)
-
-
-def _decode_image_page(
-    path: Path, fmt: str, page_index: int, limits: Limits
-) -> tuple[np.ndarray, float | None]:
-    with _open_image(path, fmt, limits) as im:
-        n = int(getattr(im, "n_frames", 1))
-        if not 0 <= page_index < n:
-            raise InputError(f"{path}: page {page_index} does not exist ({n} pages)")
-        try:
-            if page_index:
-                im.seek(page_index)
-            _check_pixels(path, im.size, limits)
-            # Truncated files must fail loudly, never decode as half-grey pages.
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            im.load()
-            gray = to_gray(im)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise CorruptFileError(
-                f"{path}: page {page_index} cannot be decoded ({fmt.upper()}): {exc}"
-            ) from exc
-        return gray, _image_dpi(im)
-
-
-def _image_dpi(im: Image.Image) -> float | None:
-    dpi = im.info.get("dpi")
-    try:
-        value = float(dpi[0]) if dpi else 0.0
-    except (TypeError, ValueError, IndexError):
-        return None
-    # 1 dpi and absurd values come from files that store an aspect ratio, not a resolution.
-    return round(value, 2) if 20.0 <= value <= 4800.0 else None
-
-
-def to_gray(im: Image.Image) -> np.ndarray:
-    """Pillow image → 2-D uint8 (RED channel for colour; 16-bit scaled to 8-bit)."""
-    mode = im.mode
-    if mode == "L":
-        # No convert("L"): for an L image it is only a full-page copy (~2 ms at 300 dpi).
-        return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-    if mode == "1":
-        return np.ascontiguousarray(np.asarray(im.convert("L"), dtype=np.uint8))
-    if mode == "RGB":
-        # Pull the red band out inside Pillow: converting the whole RGB page to numpy and
-        # slicing it cost ~50 ms per 300-dpi page (3 bytes/pixel copied twice); same pixels.
-        return np.array(im.getchannel(0), dtype=np.uint8)
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(im).astype(np.float64)
-        top = 1.0 if mode == "F" and arr.size and arr.max() <= 1.0 else 65535.0
-        return np.rint(np.clip(arr, 0.0, top) * (255.0 / top)).astype(np.uint8)
-    if mode == "LA":
-        return _red_over_white(np.asarray(im.convert("RGBA")))
-    if mode in ("RGBA", "PA", "P") and (mode != "P" or "transparency" in im.info):
-        return _red_over_white(np.asarray(im.convert("RGBA")))
-    rgb = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, 0])
-
-
-def _red_over_white(rgba: np.ndarray) -> np.ndarray:
-    # Transparent pixels are paper: composite the red channel over white.
-    red = rgba[:, :, 0].astype(np.float32)
-    alpha = rgba[:, :, 3].astype(np.float32) / 255.0
-    return np.rint(red * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- PDF
@@ -389,7 +277,7 @@ def _render_pdf_page(
             try:
                 w_pt, h_pt = page.get_size()
                 scale = pdf_dpi / _POINTS_PER_INCH
-                _check_pixels(path, (round(w_pt * scale), round(h_pt * scale)), limits)
+                check_pixels(path, (round(w_pt * scale), round(h_pt * scale)), limits)
                 # RGB (not pdfium's luminance grayscale) so the red-channel rule applies.
                 bitmap = page.render(scale=scale, rev_byteorder=True)
                 arr = bitmap.to_numpy()

@@ -96,8 +96,10 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
     stage = "decode"
     t0 = time.perf_counter()
     try:
+        min_dpi, long_mm = decode_hint(templates)
         page = load_page(Path(item.path), item.page, settings.limits, settings.pdf_dpi,
-                         source=item.source, sha256=item.file_sha256)
+                         source=item.source, sha256=item.file_sha256, min_dpi=min_dpi,
+                         long_mm=long_mm)
         timings["decode"] = _lap(t0)
         stage, t0 = "register", time.perf_counter()
         reg = register_page(page, templates, settings.min_registration_score)
@@ -160,6 +162,15 @@ def error_info(exc: BaseException, stage: str = "") -> ErrorInfo:
         "internal", f"{type(exc).__name__}{where}: {exc}",
         "This is a formdigits bug; please report it with the file if you can share it.",
     )
+
+
+def decode_hint(templates: Sequence[Template]) -> tuple[float | None, float | None]:
+    """``(min_dpi, long_mm)`` for :func:`pipeline.ingest.load_page`: registration works at
+    ``WORK_DPI``, so a JPEG scanned at twice that is decoded at half size."""
+    from pipeline.register import longest_side_mm
+    from pipeline.templates import WORK_DPI
+
+    return (WORK_DPI, longest_side_mm(templates)) if templates else (None, None)
 
 
 def _lap(t0: float) -> float:

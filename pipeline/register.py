@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.decode import estimate_dpi
 from pipeline.errors import RegistrationError
 from pipeline.records import Page, RegisteredPage
 from pipeline.register_code import (
@@ -68,17 +69,13 @@ MIN_PAGE_SIDE_PX = 64  # below this, no registration mark or code cell is even 1
 
 
 def _estimate_dpi(page: Page, templates: Sequence[Template]) -> float:
-    """Source dpi: the declared one when it agrees with the page size, else from the size.
+    """Source dpi of ``page`` (see :func:`pipeline.decode.estimate_dpi`)."""
+    return estimate_dpi(max(page.image.shape[:2]), page.dpi, longest_side_mm(templates))
 
-    Image files often carry wrong resolution tags (72 dpi on a 300-dpi scan), so the
-    declared dpi is only trusted within a third of what the page's long side implies.
-    """
-    long_px = max(page.image.shape[:2])
-    long_mm = max(max(t.width_mm, t.height_mm) for t in templates)
-    by_size = long_px * MM_PER_INCH / long_mm
-    if page.dpi is not None and 0.75 * by_size <= page.dpi <= 1.33 * by_size:
-        return float(page.dpi)
-    return by_size
+
+def longest_side_mm(templates: Sequence[Template]) -> float:
+    """The longest page side among ``templates`` (mm): what a page's pixel size is read as."""
+    return max(max(t.width_mm, t.height_mm) for t in templates)
 
 
 def _mark_candidates(det: np.ndarray, mark_px: Sequence[float]) -> list[tuple[float, float]]:

@@ -214,10 +214,11 @@ def valid_readings(
     # h[i, r]: best log-prob of positions i..n-1 given residue r so far, ending at residue 0.
     h = np.full((n + 1, mod), -math.inf)
     h[n, 0] = 0.0
+    residues = np.arange(mod)[:, None]
     for i in range(n - 1, -1, -1):
-        for r in range(mod):
-            nxt = (r + contrib[i]) % mod
-            h[i, r] = np.max(logp[i] + h[i + 1, nxt])
+        # every residue r at once: candidate j leads to residue (r + contrib[i, j]) % mod
+        h[i] = np.max(logp[i][None, :] + h[i + 1][(residues + contrib[i][None, :]) % mod],
+                      axis=1)
     if not math.isfinite(h[0, 0]):
         return
     # Length is fixed by the number of crops; fail fast instead of enumerating.

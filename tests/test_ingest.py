@@ -174,6 +174,66 @@ def test_truncated_png_is_corrupt(tmp_path: Path) -> None:
         load_page(p, 0, LIMITS, 100)
 
 
+def _textured(shape: tuple[int, ...]) -> np.ndarray:
+    """Smooth gradients plus noise: JPEG-compressible yet different in every pixel."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    base = (xx * 3 + yy * 2) % 256
+    if len(shape) == 3:
+        base = np.stack([base, (base + 80) % 256, (255 - base)], axis=2)
+    return np.clip(base + rng.integers(-20, 21, shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".jpg", "RGB"), (".jpg", "L"),
+                                              (".png", "RGB"), (".png", "L")])
+def test_opencv_fast_path_gives_pillows_pixels(tmp_path: Path, suffix: str, mode: str) -> None:
+    """Plain JPEG/PNG pages are decoded by OpenCV: exactly the pixels Pillow gives."""
+    from pipeline.decode import to_gray
+
+    p = tmp_path / f"a{suffix}"
+    Image.fromarray(_textured((90, 70, 3) if mode == "RGB" else (90, 70)), mode).save(p)
+    with Image.open(p) as im:
+        im.load()
+        expected = to_gray(im)
+    got = _load(p)
+    assert np.array_equal(got, expected)
+    with p.open("ab") as fh:  # bytes after the end marker (some scanners pad files)
+        fh.write(b"padding after the end")
+    assert np.array_equal(_load(p), expected)
+
+
+def test_truncated_jpeg_is_corrupt_not_half_grey(tmp_path: Path) -> None:
+    """libjpeg fills a cut-short JPEG with grey and only warns: such files must not take
+    the OpenCV path, and Pillow then reports them."""
+    p = tmp_path / "cut.jpg"
+    Image.fromarray(_textured((200, 200, 3)), "RGB").save(p, quality=95)
+    p.write_bytes(p.read_bytes()[:4000])
+    with pytest.raises(CorruptFileError):
+        load_page(p, 0, LIMITS, 100)
+
+
+def test_jpeg_decoded_at_reduced_scale_when_the_dpi_allows(tmp_path: Path) -> None:
+    """A 300-dpi JPEG read for 150-dpi work is decoded at half size (dpi halved too);
+    never below what the reader needs, and PNGs always at full size."""
+    from pipeline.decode import estimate_dpi
+
+    long_mm = 600 / 300 * 25.4  # a 600-px page side is 300 dpi on this "paper"
+    jpg, png = tmp_path / "a.jpg", tmp_path / "a.png"
+    Image.fromarray(_textured((600, 400)), "L").save(jpg, dpi=(300, 300), quality=95)
+    Image.fromarray(_textured((600, 400)), "L").save(png, dpi=(300, 300))
+    half = load_page(jpg, 0, LIMITS, 100, min_dpi=150, long_mm=long_mm)
+    assert half.image.shape == (300, 200) and half.dpi == pytest.approx(150)
+    full = _load(jpg)
+    small = full.reshape(300, 2, 200, 2).mean(axis=(1, 3))  # what area averaging gives
+    assert np.abs(half.image - small).mean() < 3.0
+    assert load_page(jpg, 0, LIMITS, 100, min_dpi=200, long_mm=long_mm).image.shape == (600, 400)
+    assert load_page(jpg, 0, LIMITS, 100, min_dpi=70, long_mm=long_mm).image.shape == (150, 100)
+    assert load_page(png, 0, LIMITS, 100, min_dpi=150, long_mm=long_mm).image.shape == (600, 400)
+    # an untagged page is judged by its size; a wrong tag (72 dpi) is overruled by it
+    assert estimate_dpi(600, None, long_mm) == pytest.approx(300)
+    assert estimate_dpi(600, 72.0, long_mm) == pytest.approx(300)
+
+
 def _png_header_only(w: int, h: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
