@@ -31,9 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,6 +40,9 @@ from pipeline.errors import OutputError, OutputLockedError
 from pipeline.ingest import OUTPUT_MARKER
 from pipeline.schema import MANIFEST, RESULT_TABLES, with_version
 from pipeline.settings import RunSettings
+
+if TYPE_CHECKING:  # pandas only for reading tables back: a run never imports it
+    import pandas as pd
 
 MANIFEST_DIR = "manifest"
 PART_PREFIX = "part-"
@@ -165,7 +167,7 @@ class OutputStore:
 
     def cleanup_uncommitted(self) -> int:
         """Delete temp files and result parts no commit names (left by a crash)."""
-        committed = set(_manifest_frame(self.out)["commit"].unique())
+        committed = set(_manifest_table(self.out).column("commit").to_pylist())
         removed = 0
         for sub in (*RESULT_TABLES, MANIFEST_DIR):
             for p in (self.out / sub).iterdir():
@@ -179,16 +181,21 @@ class OutputStore:
 
     def committed(self) -> dict[str, FileEntry]:
         """Latest committed outcome per file key (what resume uses to skip files)."""
-        m = _latest_per_key(_manifest_frame(self.out))
+        # Plain Arrow, no pandas: pandas would add ~40 MB to the run process and, through
+        # fork, to the RSS of every page worker. Rows in commit order: the last one wins.
+        t = _manifest_table(self.out)
+        if t.num_rows:
+            t = t.sort_by([("committed_at", "ascending"), ("commit", "ascending")])
         return {
-            str(r.key): FileEntry(
-                source=str(r.source),
-                file_sha256=None if pd.isna(r.file_sha256) else str(r.file_sha256),
-                pages=int(r.pages),
-                errors=int(r.errors),
-                file_error=bool(r.file_error),
+            str(r["key"]): FileEntry(
+                source=str(r["source"]),
+                file_sha256=None if r["file_sha256"] is None else str(r["file_sha256"]),
+                pages=int(r["pages"]),
+                errors=int(r["errors"]),
+                file_error=bool(r["file_error"]),
             )
-            for r in m.itertuples(index=False)
+            for r in t.select(["key", "source", "file_sha256", "pages", "errors",
+                               "file_error"]).to_pylist()
         }
 
     # ------------------------------------------------------------------ writing
@@ -257,6 +264,8 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     if name == MANIFEST_DIR:
         return _to_pandas(_read_parts(sorted((out / MANIFEST_DIR).glob("part-*.parquet")),
                                       MANIFEST))
+    import pandas as pd
+
     if name not in RESULT_TABLES:
         parts = sorted((out / name).glob("part-*.parquet")) if (out / name).is_dir() else []
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts \
@@ -278,22 +287,41 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
             mask = [file_key(h, s) in keys for h, s in zip(sha, src, strict=True)]
             t = t.filter(pa.array(mask, pa.bool_()))
         tables.append(t)
-    return _to_pandas(pa.concat_tables(tables) if tables else schema.empty_table())
+    return _to_pandas(pa.concat_tables(tables) if tables else
+                      pa.Table.from_batches([], schema=schema))
 
 
 def _read_parts(paths: list[Path], schema: pa.Schema) -> pa.Table:
     if not paths:
-        return schema.empty_table()
+        return pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
     try:
-        return pa.concat_tables([pq.read_table(p, schema=schema) for p in paths])
+        return pa.concat_tables([_read_part(p, schema) for p in paths])
     except (OSError, pa.ArrowException) as exc:
         raise OutputError(f"cannot read {paths[0].parent}: {exc}") from exc
 
 
-def _manifest_frame(out: Path) -> pd.DataFrame:
+def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
+    """One part file as ``schema``. A part in the current layout is read directly;
+    only an older one goes through Arrow's dataset reader (which fills columns it
+    lacks), because that reader imports pandas, which a run would rather not carry."""
+    f = pq.ParquetFile(path)
+    try:
+        t = f.read()
+    finally:
+        f.close()
+    if t.schema.remove_metadata().equals(schema.remove_metadata()):
+        return t.replace_schema_metadata(schema.metadata)
+    return pq.read_table(path, schema=schema)
+
+
+def _manifest_table(out: Path) -> pa.Table:
     d = out / MANIFEST_DIR
     paths = sorted(d.glob("part-*.parquet")) if d.is_dir() else []
-    return _read_parts(paths, MANIFEST).to_pandas()
+    return _read_parts(paths, MANIFEST)
+
+
+def _manifest_frame(out: Path) -> pd.DataFrame:
+    return _manifest_table(out).to_pandas()
 
 
 def _latest_per_key(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -310,6 +338,8 @@ def _latest_per_key(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _to_pandas(t: pa.Table) -> pd.DataFrame:
+    import pandas as pd
+
     # Nullable Int32 keeps "page" an integer even where errors have no page.
     return t.to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
 

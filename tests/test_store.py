@@ -168,3 +168,24 @@ def test_unwritable_output_folder_is_output_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(OutputError):
         OutputStore(blocker / "out", "r")
+
+
+def test_resuming_a_run_does_not_import_pandas(tmp_path: Path) -> None:
+    """Opening an output folder and listing what it holds stays in Arrow: pandas would
+    add ~40 MB to the run process and, through fork, to every page worker."""
+    import subprocess
+    import sys
+
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("aaa", "bbb", run_id="run1"))
+    code = (
+        "import sys\nfrom pathlib import Path\nimport pipeline.run\n"
+        "from pipeline.store import OutputStore\n"
+        f"with OutputStore(Path({str(tmp_path)!r}), 'run2') as st:\n"
+        "    done = st.committed()\n"
+        "assert sorted(done) == ['aaa', 'bbb'], done\n"
+        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=False, timeout=120)
+    assert p.returncode == 0, p.stderr
