@@ -212,10 +212,9 @@ def flow_cmd(
     api = BackgroundAPI()
     # The first look at the folder, before torch and Prefect load: the settle interval
     # between the two looks then passes during the imports instead of being slept.
-    from pipeline.ingest import discover
-    from pipeline.looks import snapshot
+    from pipeline.looks import first_look
 
-    looked = snapshot(discover([input_dir], exclude=[out] + ([archive] if archive else [])))
+    looked = first_look(input_dir, out, archive)
     from flows.cli_run import summary_table
     from pipeline.run import RunSummary
 

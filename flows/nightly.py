@@ -39,6 +39,7 @@ from pipeline import intake  # noqa: E402
 from pipeline.commit import Tally  # noqa: E402
 from pipeline.errors import FormdigitsError  # noqa: E402
 from pipeline.ingest import discover, file_sha256  # noqa: E402
+from pipeline.looks import first_look  # noqa: E402
 from pipeline.plan import Plan, WorkItem, plan_files  # noqa: E402
 from pipeline.run import RunContext, begin, finish, process_chunk  # noqa: E402
 from pipeline.settings import RunSettings  # noqa: E402
@@ -353,13 +354,6 @@ def summary_markdown(r: dict[str, Any], errors_by_type: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def first_look(input_dir: Path, out_dir: Path, archive_dir: Path | None = None
-               ) -> intake.Snapshot:
-    """The flow's first look at the scan folder (its output and archive excluded)."""
-    exclude = [Path(out_dir)] + ([Path(archive_dir)] if archive_dir else [])
-    return intake.snapshot(discover([Path(input_dir)], exclude=exclude))
-
-
 def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
              api: BackgroundAPI | None = None, archive_dir: Path | None = None,
              dask_address: str | None = None, chunk_pages: int | None = None,
@@ -370,8 +364,9 @@ def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
     ``api`` (started by the caller as early as possible) is the configured Prefect API or
     an ephemeral one; the model is loaded while it starts. Its address is put into the
     settings so Dask workers, which are other processes, report to the same API instead
-    of each starting their own. ``looked`` is a :func:`first_look` the caller took
-    earlier still (the settle interval runs from then); otherwise it is taken now.
+    of each starting their own. ``looked`` is a :func:`pipeline.looks.first_look` the
+    caller took earlier still (the settle interval runs from then); otherwise it is taken
+    now.
     """
     from prefect.settings import (
         PREFECT_API_URL,

@@ -67,3 +67,11 @@ def settled(
             now.size, now.mtime_ns, now.inode)
         (ok if same and now.size > 0 else changing).append(path)
     return ok, changing
+
+
+def first_look(input_dir: Path, out_dir: Path, archive_dir: Path | None = None) -> Snapshot:
+    """The nightly flow's first look at a scan folder (its output and archive excluded)."""
+    from pipeline.ingest import discover
+
+    exclude = [Path(out_dir)] + ([Path(archive_dir)] if archive_dir else [])
+    return snapshot(discover([Path(input_dir)], exclude=exclude))

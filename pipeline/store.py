@@ -181,21 +181,15 @@ class OutputStore:
 
     def committed(self) -> dict[str, FileEntry]:
         """Latest committed outcome per file key (what resume uses to skip files)."""
-        # Plain Arrow, no pandas: pandas would add ~40 MB to the run process and, through
-        # fork, to the RSS of every page worker. Rows in commit order: the last one wins.
-        t = _manifest_table(self.out)
-        if t.num_rows:
-            t = t.sort_by([("committed_at", "ascending"), ("commit", "ascending")])
         return {
-            str(r["key"]): FileEntry(
+            key: FileEntry(
                 source=str(r["source"]),
                 file_sha256=None if r["file_sha256"] is None else str(r["file_sha256"]),
                 pages=int(r["pages"]),
                 errors=int(r["errors"]),
                 file_error=bool(r["file_error"]),
             )
-            for r in t.select(["key", "source", "file_sha256", "pages", "errors",
-                               "file_error"]).to_pylist()
+            for key, r in _latest_per_key(_manifest_table(self.out)).items()
         }
 
     # ------------------------------------------------------------------ writing
@@ -262,8 +256,7 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
     """
     out = Path(out_dir)
     if name == MANIFEST_DIR:
-        return _to_pandas(_read_parts(sorted((out / MANIFEST_DIR).glob("part-*.parquet")),
-                                      MANIFEST))
+        return _to_pandas(_manifest_table(out))
     import pandas as pd
 
     if name not in RESULT_TABLES:
@@ -271,10 +264,14 @@ def read_table(out_dir: str | Path, name: str) -> pd.DataFrame:
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts \
             else pd.DataFrame()
     schema = RESULT_TABLES[name]
-    manifest = _manifest_frame(out)
-    latest = _latest_per_key(manifest)
-    winners = latest.groupby("commit")["key"].apply(set).to_dict()
-    all_keys = manifest.groupby("commit")["key"].apply(set).to_dict()
+    manifest = _manifest_table(out)
+    winners: dict[str, set[str]] = {}
+    for key, r in _latest_per_key(manifest).items():
+        winners.setdefault(r["commit"], set()).add(key)
+    all_keys: dict[str, set[str]] = {}
+    for key, commit in zip(manifest.column("key").to_pylist(),
+                           manifest.column("commit").to_pylist(), strict=True):
+        all_keys.setdefault(commit, set()).add(key)
     tables: list[pa.Table] = []
     for commit_id, keys in sorted(winners.items()):
         path = out / name / f"{PART_PREFIX}{commit_id}{_PART_SUFFIX}"
@@ -320,21 +317,17 @@ def _manifest_table(out: Path) -> pa.Table:
     return _read_parts(paths, MANIFEST)
 
 
-def _manifest_frame(out: Path) -> pd.DataFrame:
-    return _manifest_table(out).to_pandas()
-
-
-def _latest_per_key(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Visible manifest rows: the latest commit of each file content (hash).
+def _latest_per_key(manifest: pa.Table) -> dict[str, dict[str, Any]]:
+    """Visible manifest rows by file key: the latest commit of each file content (hash).
 
     Identity is the content, never the path: scanners reuse names (scan_0001.png every
     day once yesterday's files are archived), and a reused name must not hide the rows
-    of a different document.
+    of a different document. Plain Arrow, no pandas: a run calls this before its page
+    workers fork, and pandas would add ~40 MB to the run and to every worker.
     """
-    if manifest.empty:
-        return manifest
-    ordered = manifest.sort_values(["committed_at", "commit"], kind="stable")
-    return ordered.drop_duplicates("key", keep="last")
+    if manifest.num_rows:
+        manifest = manifest.sort_by([("committed_at", "ascending"), ("commit", "ascending")])
+    return {r["key"]: r for r in manifest.to_pylist()}  # in commit order: the last one wins
 
 
 def _to_pandas(t: pa.Table) -> pd.DataFrame:

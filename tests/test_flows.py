@@ -195,7 +195,9 @@ def test_settle_interval_runs_from_the_commands_first_look(fakes: None, scans: P
     """``formdigits flow`` looks at the folder before loading torch and Prefect; the flow's
     second look then needs no sleep when the interval has already passed meanwhile."""
     out = tmp_path / "out"
-    looked = nightly.first_look(scans, out)
+    from pipeline.looks import first_look
+
+    looked = first_look(scans, out)
     assert looked.stats and all(out not in q.parents for q in looked.stats)
     earlier = intake.Snapshot(looked.stats, looked.taken - 60.0)  # taken a minute ago
     t0 = time.monotonic()
