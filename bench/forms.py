@@ -15,7 +15,8 @@ templates are mixed in. Measured against the truth:
   its heuristic ``"likely"`` hypothesis; ``string_count_oracle`` = some choice of
   hypotheses gives the right count, the most a model choosing per group can reach;
   ``string_digit_count_model`` = the count after ``pipeline.assemble.choose_crops`` with
-  the digit model, when ``--model`` loads).
+  the digit model and the piece verifier, as the pipeline reads them — the target metric;
+  needs ``--model``).
 
 Run: ``python -m bench.forms --pages 200 --seed 90210 --digits mnist --split test --json``
 """
@@ -49,7 +50,7 @@ TARGETS = {
     "unknown_flagged": 100.0,
     "one_crop_per_digit": 99.8,
     "empty_as_empty": 99.9,
-    "string_digit_count": 98.0,
+    "string_digit_count_model": 98.0,
 }
 
 
@@ -134,11 +135,19 @@ def _load_model(spec: str | None) -> tuple[Any, str]:
 
 
 def run(
-    pages: int, seed: int, digits: str, split: str, unknown: int, model: str | None = "default"
+    pages: int, seed: int, digits: str, split: str, unknown: int, model: str | None = "default",
+    piece_model: str = "default",
 ) -> dict[str, Any]:
-    """Synthesize, register, segment and score; returns the metrics."""
+    """Synthesize, register, segment and score; returns the metrics.
+
+    Segmentation time includes the string-piece verifier (``piece_model``, 'none' = off;
+    in the pipeline it runs in the main process, beside the digit CNN).
+    """
+    from pipeline.recognize import piece_scorer, score_pieces
     from pipeline.render import render_blank
     from pipeline.synth import load_bank, make_page
+
+    scorer = piece_scorer(piece_model)
 
     bank = load_bank(digits, split)
     predictor, model_note = _load_model(model)
@@ -181,7 +190,7 @@ def run(
                             f"want {t.id}/{want}")
             continue
         t1 = time.perf_counter()
-        crops = segment_page(reg, t)
+        crops = score_pieces(segment_page(reg, t), scorer)
         seg_ms.append((time.perf_counter() - t1) * 1000)
         _score_page(crops, t, truth, acc, predictor)
     for j in range(unknown):
@@ -213,6 +222,7 @@ def run(
             pct("string_model_ok", acc["string_total"]) if predictor is not None else None
         ),
         "model": model_note,
+        "piece_model": piece_model,
         "counts": {k: int(v) for k, v in sorted(acc.items())},
         "register_ms_median": round(float(np.median(reg_ms)), 1) if reg_ms else None,
         "register_ms_p95": round(float(np.percentile(reg_ms, 95)), 1) if reg_ms else None,
@@ -233,9 +243,12 @@ def write_doc(res: dict[str, Any], cmd: str, path: Path = DOC) -> None:
         ("Unknown layouts flagged", "unknown_flagged", "100 %"),
         ("Box digits → exactly one non-empty crop", "one_crop_per_digit", "≥ 99.8 %"),
         ("Empty boxes called empty", "empty_as_empty", "≥ 99.9 %"),
-        ("String fields: digit count (heuristic split)", "string_digit_count", "≥ 98 %"),
-        ("String fields: count reachable by split choice", "string_count_oracle", "–"),
-        ("String fields: digit count, model picks splits", "string_digit_count_model", "–"),
+        ("String fields: digit count as the pipeline reads them (digit model + piece "
+         "verifier choose the splits)", "string_digit_count_model", "≥ 98 %"),
+        ("String fields: digit count, shape heuristic alone (no model)",
+         "string_digit_count", "–"),
+        ("String fields: count reachable by split choice (ceiling)", "string_count_oracle",
+         "–"),
     ]
     c = res["counts"]
     lines = [
@@ -261,7 +274,9 @@ def write_doc(res: dict[str, Any], cmd: str, path: Path = DOC) -> None:
         "",
         f"Counts: digits {c.get('digit_ok', 0)}/{c.get('digit_total', 0)}, empty boxes "
         f"{c.get('empty_ok', 0)}/{c.get('empty_total', 0)}, string fields "
-        f"{c.get('string_ok', 0)}/{c.get('string_total', 0)}. Model: {res['model']}.",
+        f"{c.get('string_model_ok', 0)}/{c.get('string_total', 0)} (heuristic alone "
+        f"{c.get('string_ok', 0)}). Models: {res['model']}, piece verifier "
+        f"{res.get('piece_model', 'default')}.",
         "",
         "```",
         cmd,
@@ -290,12 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ap.add_argument("--model", default="default",
                     help="weights for the model-chosen string count ('' = skip)")
+    ap.add_argument("--piece-model", default="default",
+                    help="string-piece verifier weights ('none' = choose splits without it)")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     a = ap.parse_args(argv)
     cv2.setNumThreads(1)
     unknown = a.unknown if a.unknown is not None else max(8, a.pages // 10)
     try:
-        res = run(a.pages, a.seed, a.digits, a.split, unknown, a.model or None)
+        res = run(a.pages, a.seed, a.digits, a.split, unknown, a.model or None, a.piece_model)
     except DataNotFoundError as exc:
         print(f"skipped: digit set '{a.digits}' not available ({exc}); set FORMDIGITS_DATA "
               "to the folder holding mnist/", file=sys.stderr)
@@ -307,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(res, indent=1))
     else:
         for k in TARGETS:
-            print(f"{k:24s} {res[k]:7.2f} %   (target {TARGETS[k]} %)")
+            if res[k] is not None:
+                print(f"{k:24s} {res[k]:7.2f} %   (target {TARGETS[k]} %)")
     return 0
 
 

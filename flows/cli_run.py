@@ -55,6 +55,8 @@ def run_cmd(
         "--template", "-t", help="Template name or YAML file (repeat); default: all shipped.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Weights file, or 'default'.")] = None,
+    piece_model: Annotated[str | None, typer.Option(
+        help="String-piece verifier weights, 'default', or 'none' (off).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Crops per CNN batch.")] = None,
     workers: Annotated[int | None, typer.Option(help="Page-preparing worker processes.")] = None,
@@ -72,7 +74,8 @@ def run_cmd(
     """Read every page of the inputs into OUT (resumes: committed files are skipped)."""
 
     settings = resolve_settings(
-        config, templates=tuple(template) if template else None, model=model, device=device,
+        config, templates=tuple(template) if template else None, model=model,
+        piece_model=piece_model, device=device,
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
         debug_dir=str(debug) if debug else None, force=force or None, strict=strict or None,
     )

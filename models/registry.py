@@ -1,7 +1,8 @@
 """CNN architectures, created by name: ``create_model("digitnet")``.
 
 Every model takes ``(N, 1, 28, 28)`` float input normalized per the contract
-(``(x/255 - mean) / std``, white ink on black) and returns ``(N, 10)`` logits.
+(``(x/255 - mean) / std``, white ink on black) and returns ``(N, 10)`` logits
+(``piecenet``: ``(N, 2)``, one digit or not).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class DigitNet(nn.Module):
     flattened 3x3x128 head keeps the spatial layout that tells a 1 from a 7.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.25):
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.25,
+                 classes: int = 10):
         super().__init__()
         a, b, c = widths
         self.features = nn.Sequential(
@@ -59,10 +61,10 @@ class DigitNet(nn.Module):
             nn.MaxPool2d(2),
             *_cbr(b, c, 3, 0),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * 9, 10))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * 9, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 10)`` for input ``(N, 1, 28, 28)``."""
+        """Logits ``(N, classes)`` for input ``(N, 1, 28, 28)``."""
         return self.head(self.features(x))
 
 
@@ -92,6 +94,12 @@ def digitnet() -> nn.Module:
 def digitnet_wide() -> nn.Module:
     """A wider variant (more accurate, ~2x slower)."""
     return DigitNet(widths=(48, 96, 192))
+
+
+@register("piecenet")
+def piecenet() -> nn.Module:
+    """String-field piece verifier: is this piece exactly one digit? (``models.pieces``)."""
+    return DigitNet(widths=(32, 64, 128), dropout=0.1, classes=2)
 
 
 @register("seednet")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -28,8 +28,20 @@ _EPS = 1e-12
 # Split choice weights (see _split_score), fitted by grid search on the string fields of
 # 800 synthetic pages of MNIST *training* digits (568 fields: 88.4 % read right, against
 # 86.4 % with the count prior alone); 200 development pages: 83.3 % (80.3 %).
-SPLIT_COUNT_PENALTY = 0.3
-SPLIT_PIECE_COST = 0.3
+SPLIT_COUNT_PENALTY = 0.0
+SPLIT_PIECE_COST = 0.1
+SPLIT_SINGLE_WEIGHT = 0.5
+# Touching digits in a string field no longer send it to review by themselves when the cut
+# is sure: a score margin of SPLIT_SURE_MARGIN over any cut that reads differently (see
+# choose_string_crops) and every chosen piece one digit with probability SPLIT_SURE_SINGLE
+# or more. Such a field is accepted only from the stricter TOUCHING_REVIEW_BELOW (below it
+# its reasons still say ``segmentation:touching``).
+# Fitted on the 568 string fields of 800 pages of MNIST *training* digits (seed 9001,
+# bench/fit_split_choice.py): of the 460 with touching digits, 264 pass and 1 of those is
+# wrong; with 0.95 instead of 0.98, 285 pass and 3 are wrong.
+SPLIT_SURE_MARGIN = 1.0
+SPLIT_SURE_SINGLE = 0.9
+TOUCHING_REVIEW_BELOW = 0.98
 CUT_DOUBT_NATS = 2.3  # a cut reading differently and less than 10x less probable: review
 
 
@@ -60,17 +72,39 @@ def choose_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> list[int]:
         return []
     if crops[0].kind != "string":
         return choose_box_crops(crops, probs)[0]
+    return choose_string_crops(crops, probs)[0]
+
+
+def choose_string_crops(crops: Sequence[FieldCrop], probs: np.ndarray
+                        ) -> tuple[list[int], float]:
+    """String fields: (chosen crop indices, left to right; the split margin).
+
+    Per group the best-scoring split hypothesis (:func:`_split_score`). The margin is the
+    smallest, over groups offered several splits, of the score gap between the chosen
+    hypothesis and the best one that *reads differently* (inf when no group had a real
+    choice): how sure the reading is of where the touching digits were cut.
+    """
     by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, c in enumerate(crops):
         by_group[c.group][c.split].append(i)
     chosen: list[int] = []
+    margin = float("inf")
     for g in sorted(by_group):
         splits = by_group[g]
         likely = next((len(v) for v in splits.values()
                        if any("likely" in crops[i].flags for i in v)), None)
-        best = max(sorted(splits), key=lambda s: _split_score(probs[splits[s]], likely))
-        chosen.extend(sorted(splits[best], key=lambda i: (crops[i].bbox[0], crops[i].position)))
-    return chosen
+        ranked = []
+        for s in sorted(splits):
+            idx = sorted(splits[s], key=lambda i: (crops[i].bbox[0], crops[i].position))
+            score = _split_score(probs[idx], likely, np.array([crops[i].single for i in idx]))
+            ranked.append((score, "".join(str(int(probs[i].argmax())) for i in idx), idx))
+        ranked.sort(key=lambda r: -r[0])  # stable: ties keep the lower split id first
+        best = ranked[0]
+        chosen.extend(best[2])
+        other = next((r[0] for r in ranked[1:] if r[1] != best[1]), None)
+        if other is not None:
+            margin = min(margin, best[0] - other)
+    return chosen, margin
 
 
 def _box_variants(crops: Sequence[FieldCrop], probs: np.ndarray
@@ -115,18 +149,23 @@ def choose_box_crops(crops: Sequence[FieldCrop], probs: np.ndarray) -> tuple[lis
     return sorted(chosen, key=lambda i: crops[i].position), doubt
 
 
-def _split_score(p: np.ndarray, likely: int | None) -> float:
-    """Mean log max-probability of a hypothesis' pieces, less a penalty per piece it is
-    away from the shape-based count guess and a cost per extra piece.
+def _split_score(p: np.ndarray, likely: int | None, single: np.ndarray | None = None
+                 ) -> float:
+    """Mean log max-probability of a hypothesis' pieces, plus the piece verifier's mean
+    log-probability that each piece is one whole digit (weighted), less a penalty per
+    piece away from the shape-based count guess and a cost per extra piece.
 
-    The model alone is no judge of the count: a merged pair can read as one confident
-    digit, and halves of one digit as two confident ones; the shape guess (width and
-    stroke length) arbitrates.
+    The digit model alone is no judge of the count: a merged pair can read as one
+    confident digit, and halves of one digit as two confident ones. The verifier
+    (``single``, see ``models.pieces``) was trained for exactly that question; the shape
+    guess (width and stroke length) still arbitrates where neither is sure.
     """
     if not len(p):
         return -np.inf
     off = abs(len(p) - likely) if likely is not None else 0
     mean_lp = float(np.mean(np.log(np.maximum(p.max(axis=1), _EPS))))
+    if single is not None and len(single):
+        mean_lp += SPLIT_SINGLE_WEIGHT * float(np.mean(np.log(np.maximum(single, _EPS))))
     return mean_lp - SPLIT_COUNT_PENALTY * off - SPLIT_PIECE_COST * (len(p) - 1)
 
 
@@ -156,22 +195,34 @@ def read_field(
     settings: RunSettings, run_id: str, model_version: str, seconds: float,
 ) -> tuple[FieldResult, list[DigitRecord]]:
     """Decide one field from its crops (empty ones included) and their probabilities."""
-    from pipeline.validate import decide_field
+    from pipeline.validate import STATUS_REVIEW, decide_field
 
     nonempty = [i for i, c in enumerate(crops) if not c.empty]
     sub = probs[nonempty] if nonempty else np.zeros((0, 10), np.float32)
     ink = [crops[i] for i in nonempty]
+    split_sure = False
     if ff.kind == "string":
-        picked, cut_doubt = choose_crops(ink, sub), False
+        picked, margin = choose_string_crops(ink, sub)
+        cut_doubt = False
     else:
         picked, cut_doubt = choose_box_crops(ink, sub)
     used = [crops[nonempty[j]] for j in picked]
+    if ff.kind == "string" and used:
+        split_sure = (margin >= SPLIT_SURE_MARGIN
+                      and min(c.single for c in used) >= SPLIT_SURE_SINGLE)
     # Empty crops count when not part of a cut variant that was not chosen.
     kept = {(c.group, c.split) for c in used}
     empties = [c for c in crops if c.empty and (c.group == 0 or (c.group, c.split) in kept)]
-    flags = sorted({f for c in (*used, *empties) for f in c.flags}
-                   | ({"ambiguous_cut"} if cut_doubt else set()))
+    flag_set = {f for c in (*used, *empties) for f in c.flags}
+    sure_cut = split_sure and "touching" in flag_set
+    if sure_cut:  # cut where the verifier is sure: a note, not a doubt ...
+        flag_set = (flag_set - {"touching"}) | {"touching_split"}
+    flags = sorted(flag_set | ({"ambiguous_cut"} if cut_doubt else set()))
     decision = decide_field(ff, sub[picked], settings.review_below, flags)
+    if sure_cut and decision.confidence < TOUCHING_REVIEW_BELOW:
+        # ... unless the reading is less sure than the stricter bar for touching digits.
+        decision = replace(decision, status=STATUS_REVIEW,
+                           reasons=(*decision.reasons, "segmentation:touching"))
     string = ff.kind == "string"
     digits = [
         _digit_row(work, run_id, c, k if string else c.position, sub[j])

@@ -156,9 +156,15 @@ def write_boxes(page: np.ndarray, f: FormField, boxes: list[str | None], bank: D
         composite(page, patch, x + w / 2 + dx, y + h / 2 + dy, pen.color)
 
 
-def write_string(page: np.ndarray, f: FormField, value: str, bank: DigitBank, pen: Pen,
-                 rng: np.random.Generator, dpi: float = FILL_DPI) -> None:
-    """Write ``value`` left to right in a string field; neighbours may touch or overlap."""
+def layout_string(f: FormField, value: str, bank: DigitBank, pen: Pen,
+                  rng: np.random.Generator, dpi: float = FILL_DPI
+                  ) -> list[tuple[np.ndarray, float, float]]:
+    """Where a writer puts each digit of ``value`` in a string field, left to right.
+
+    Returns ``(opacity patch, centre x, centre y)`` per digit in page px at ``dpi``;
+    neighbours may touch or overlap (negative gaps). Used by :func:`write_string` and by
+    the piece-verifier's training data (``models.pieces``), which needs each digit's ink.
+    """
     x, y, w, h = _bbox_px(f.boxes_mm()[0], dpi)
     height = h * rng.uniform(0.5, 0.8)
     patches = [ink_patch(bank.pick(int(ch), rng), height, pen, rng) for ch in value]
@@ -175,10 +181,18 @@ def write_string(page: np.ndarray, f: FormField, value: str, bank: DigitBank, pe
         total = sum(b - a for a, b in inks) + sum(gaps[:-1])
     cursor = x + rng.uniform(0.03, max(0.04, (w - total) / w * 0.6)) * w
     baseline = y + h / 2 + rng.normal(0.0, 0.04 * h)
+    placed = []
     for p, (a, b), g in zip(patches, inks, gaps, strict=True):
-        cx = cursor - a + p.shape[1] / 2
-        composite(page, p, cx, baseline + rng.normal(0.0, 0.03 * h), pen.color)
+        placed.append((p, cursor - a + p.shape[1] / 2, baseline + rng.normal(0.0, 0.03 * h)))
         cursor += (b - a) + g
+    return placed
+
+
+def write_string(page: np.ndarray, f: FormField, value: str, bank: DigitBank, pen: Pen,
+                 rng: np.random.Generator, dpi: float = FILL_DPI) -> None:
+    """Write ``value`` left to right in a string field; neighbours may touch or overlap."""
+    for p, cx, cy in layout_string(f, value, bank, pen, rng, dpi):
+        composite(page, p, cx, cy, pen.color)
 
 
 def _ink_span(p: np.ndarray) -> tuple[int, int]:

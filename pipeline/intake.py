@@ -27,7 +27,9 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,15 @@ import pandas as pd
 
 from pipeline.errors import FormdigitsError, OutputError, OutputLockedError
 from pipeline.looks import FileStat, Snapshot, settled, snapshot
-from pipeline.plan import Plan, WorkItem
+from pipeline.plan import Plan, WorkItem, plan_files
+from pipeline.settings import RunSettings
 from pipeline.store import FileEntry, OutputStore, read_table
 
 __all__ = ["FileStat", "Snapshot", "settled", "snapshot"]  # re-exported from looks
 
 STAT_CACHE = "intake.json"
+# Pages per chunk task of a local flow run (each chunk starts its own DataLoader workers).
+LOCAL_CHUNK_PAGES = 512
 # errnos that will not go away by waiting: retrying them only delays the failure.
 _PERMANENT_ERRNOS = frozenset({
     errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
@@ -154,6 +159,68 @@ def drop_failed_unchanged(plan: Plan, committed: Mapping[str, FileEntry]) -> Pla
 
 
 # --------------------------------------------------------------------------- chunks
+
+
+@dataclass
+class Selection:
+    """What one nightly run reads: the plan, and what it leaves alone and why."""
+
+    plan: Plan
+    known: list[Path]  # unchanged files whose content the stat cache knows is committed
+    changing: list[Path]  # still being copied: the next run takes them
+    cache: StatCache
+    all: list[Path]  # every file of the first look
+    failed: list[str]  # sources whose last commit was a file-level error, unchanged since
+    waited: float  # seconds slept for the settle interval
+
+
+def select_files(first: Snapshot, out_dir: Path, settings: RunSettings,
+                 settle_seconds: float, committed: Mapping[str, FileEntry],
+                 exclude: Sequence[Path]) -> Selection:
+    """Skip known-done files, wait out the settle interval, plan the settled new ones.
+
+    Pure reading (no lock needed): the flow calls it under the run's lock for the plan it
+    commits, and may call it once earlier, while Prefect starts, to read ahead.
+    """
+    cache = StatCache.load(out_dir)
+    paths = list(first.stats)
+    known, rest = ([], paths) if settings.force else cache.split(paths, committed)
+    todo = Snapshot({p: first.stats[p] for p in rest}, first.taken)
+    t0 = time.perf_counter()
+    stable, changing = settled(todo, settle_seconds)
+    waited = time.perf_counter() - t0
+    plan_ = plan_files(stable, settings, {} if settings.force else dict(committed), exclude,
+                       sha256=_memo_sha256)
+    failed: list[str] = []
+    if not settings.force:
+        kept = drop_failed_unchanged(plan_, committed)
+        failed = sorted({w.source for w in plan_.items} - {w.source for w in kept.items})
+        plan_ = kept
+    return Selection(plan_, known, changing, cache, paths, failed, waited)
+
+
+# sha256 of files hashed in this process with their stat then: the read-ahead plan and the
+# flow's own plan (a few seconds apart) hash each new file once. A changed stat re-hashes.
+_HASHED: dict[Path, tuple[FileStat, str]] = {}
+_HASHED_LOCK = threading.Lock()
+
+
+def _memo_sha256(path: Path) -> str:
+    from pipeline.ingest import file_sha256
+
+    stat = FileStat.of(path)
+    with _HASHED_LOCK:
+        hit = _HASHED.get(path)
+    if stat is not None and hit is not None and hit[0] == stat:
+        return hit[1]
+    sha = file_sha256(path)
+    if stat is None:
+        return sha
+    with _HASHED_LOCK:
+        if len(_HASHED) > 100_000:  # a long-lived process (schedule): keep it bounded
+            _HASHED.clear()
+        _HASHED[path] = (stat, sha)
+    return sha
 
 
 def chunk_items(items: Sequence[WorkItem], pages_per_chunk: int) -> list[tuple[WorkItem, ...]]:
@@ -270,6 +337,8 @@ def is_transient(exc: BaseException) -> bool:
 OPEN_RUNS: dict[str, Any] = {}
 # First looks taken before the flow started (by scan folder), see flows.nightly.run_once.
 EARLY_LOOKS: dict[str, Snapshot] = {}
+# Pages read ahead while the flow started (a pipeline.prefetch.Prefetch), by output folder.
+EARLY_READS: dict[str, Any] = {}
 
 _MODELS: dict[tuple[str, str, str, int], object] = {}
 _MODELS_LOCK = threading.Lock()

@@ -71,3 +71,35 @@ def normalize_batch(images: np.ndarray) -> np.ndarray:
     return np.stack([normalize_digit(im) for im in images]) if len(images) else np.zeros(
         (0, INPUT_SIZE, INPUT_SIZE), np.uint8
     )
+
+
+# String-field pieces for the piece verifier (``models.pieces``): drawn at the scale of the
+# field, not blown up to fit the box, so that half a digit stays narrow and a touching pair
+# stays wide: the size of a piece is what tells it from one digit.
+PIECE_DIGIT_PX = 18  # a digit 0.65 × the field's height tall is drawn this tall
+PIECE_MAX_PX = 26  # larger pieces (several digits) are shrunk to fit
+
+
+def normalize_piece(ink: np.ndarray, field_h: float, *, input_size: int = INPUT_SIZE
+                    ) -> np.ndarray:
+    """A string-field piece at field scale, centred in an ``input_size`` square (uint8).
+
+    ``ink`` is bright on black (as :func:`normalize_digit`), ``field_h`` the height of the
+    field's rectangle in the same pixels. The training data of the piece verifier and the
+    pipeline both call this, so they cannot drift apart.
+    """
+    out = np.zeros((input_size, input_size), np.uint8)
+    img = ink.astype(np.float32, copy=False)
+    peak = float(img.max()) if img.size else 0.0
+    if peak <= 0.0:
+        return out
+    ys, xs = np.nonzero(img > INK_FRACTION * peak)
+    box = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] * (255.0 / peak)
+    h, w = box.shape
+    scale = min(PIECE_DIGIT_PX / max(0.65 * field_h, 1.0), PIECE_MAX_PX / max(h, w))
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    small = np.clip(cv2.resize(box, (nw, nh), interpolation=interp), 0.0, 255.0)
+    top, left = (input_size - nh) // 2, (input_size - nw) // 2
+    out[top : top + nh, left : left + nw] = np.rint(small).astype(np.uint8)
+    return out

@@ -76,6 +76,12 @@ class FieldCrop:
     # group, the split whose pieces the model reads most confidently.
     group: int = 0
     split: int = 0
+    # string fields: the piece verifier's probability that this crop is exactly one whole
+    # digit (not half of one, not two touching ones); 1.0 where nothing was checked.
+    single: float = 1.0
+    # string fields: the piece at field scale (normalize_piece), the verifier's input; set
+    # by segmentation, scored and dropped in the main process (pipeline.recognize).
+    piece: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

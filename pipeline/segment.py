@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.normalize import INPUT_SIZE, normalize_digit
+from pipeline.normalize import INPUT_SIZE, normalize_digit, normalize_piece
 from pipeline.records import FieldCrop, RegisteredPage
 from pipeline.templates import FormField, Template
 
@@ -80,6 +80,11 @@ def _wall_bands(
             if b[0] - (a[0] + a[2]) > 2 * t:
                 vb[a[1] : a[1] + a[3] + 1, a[0] + a[2] : b[0] + 1] = 1
     return hb, vb
+
+
+def string_field_height(f: FormField) -> float:
+    """Height in template px of a string field's rectangle (the scale of its pieces)."""
+    return float(round(Template.px(f.boxes_mm()[0][3])))
 
 
 def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
@@ -349,12 +354,16 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     """Cut every field of a registered page into normalized digit crops.
 
     boxes/comb/date: one crop per box, empty ones with ``empty=True`` and zero pixels;
-    string: candidate crops with group/split hypotheses (see :class:`FieldCrop`).
+    string: candidate crops with group/split hypotheses (see :class:`FieldCrop`), each
+    also drawn at field scale (``piece``) for the piece verifier
+    (:func:`pipeline.recognize.score_pieces`).
     """
     crops: list[FieldCrop] = []
     zeros = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
     for f in template.fields:
-        for p in field_pieces(reg.image, template, f):
+        pieces = field_pieces(reg.image, template, f)
+        fh = string_field_height(f) if f.kind == "string" and len(pieces) > 1 else 0.0
+        for p in pieces:
             crops.append(
                 FieldCrop(
                     key=reg.key,
@@ -368,6 +377,7 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
                     flags=p.flags,
                     group=p.group,
                     split=p.split,
+                    piece=normalize_piece(p.ink, fh) if fh and not p.empty else None,
                 )
             )
     return crops

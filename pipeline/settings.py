@@ -35,6 +35,9 @@ class RunSettings(BaseModel):
         (), description="Template names or YAML paths; empty = all shipped templates."
     )
     model: str = Field("default", description="Weights file, or 'default' for the shipped one.")
+    piece_model: str = Field(
+        "default", description="String-field piece verifier weights ('default' = shipped, "
+        "'none' = choose splits without it).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 128: as fast as 256 on CPU (12.9k vs 12.4k digits/s on one thread here; the smaller
     # activations stay in cache) and it halves the main process's transient memory.

@@ -68,7 +68,8 @@ MIN_CANDIDATE_PROB = 1e-4  # non-top digits below this are never substituted
 # expected as "likely". "overrun" (ink outside its box) is left to the confidence: on 200
 # development pages (seed 4242) 183 fields had it, 8 were misread, and all 8 were below
 # the default threshold anyway, while forcing review doubled the review rate of boxed fields.
-INFO_FLAGS = frozenset({"likely", "overrun"})
+# "touching_split": touching digits cut where the piece verifier was sure (assemble).
+INFO_FLAGS = frozenset({"likely", "overrun", "touching_split"})
 
 STATUS_ACCEPTED = "accepted"
 STATUS_REVIEW = "needs_review"
