@@ -40,7 +40,7 @@ def collect(folder: Path, piece_model: str = "default"
     from models.predictor import Predictor
     from pipeline.errors import RegistrationError
     from pipeline.ingest import count_pages, discover, load_page
-    from pipeline.recognize import piece_scorer, score_pieces
+    from pipeline.pieces import piece_scorer, score_pieces
     from pipeline.register import register_page
     from pipeline.score import load_truth
     from pipeline.segment import segment_page

@@ -143,7 +143,7 @@ def run(
     Segmentation time includes the string-piece verifier (``piece_model``, 'none' = off;
     in the pipeline it runs in the main process, beside the digit CNN).
     """
-    from pipeline.recognize import piece_scorer, score_pieces
+    from pipeline.pieces import piece_scorer, score_pieces
     from pipeline.render import render_blank
     from pipeline.synth import load_bank, make_page
 

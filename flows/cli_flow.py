@@ -223,20 +223,10 @@ def flow_cmd(
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
         force=force or None, strict=strict or None,
     )
-    dask = dask_address or os.environ.get(DASK_ENV) or None
-    if not dask:
-        # Still before Prefect is imported: load the model and let the page workers start
-        # on the first chunk (pipeline.prefetch) while the API starts.
-        from pipeline import intake
-        from pipeline.prefetch import read_ahead
-        from pipeline.settings import RunSettings
-
-        s = RunSettings.model_validate(settings)
-        intake.cached_predictor(s.model, s.device, s.batch_size)
-        read_ahead(out, s, looked, settle_seconds, chunk_pages or intake.LOCAL_CHUNK_PAGES)
     from flows.nightly import run_once
 
-    r = run_once(input_dir, out, settings, api=api, archive_dir=archive, dask_address=dask,
+    r = run_once(input_dir, out, settings, api=api, archive_dir=archive,
+                 dask_address=dask_address or os.environ.get(DASK_ENV) or None,
                  chunk_pages=chunk_pages, settle_seconds=settle_seconds, looked=looked)
     fields = {k: r[k] for k in RunSummary.__dataclass_fields__}
     console.print(summary_table(RunSummary(**fields), out))

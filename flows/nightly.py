@@ -5,11 +5,6 @@ discover (first look) → lock the output folder and load the model (``pipeline.
 (``pipeline.intake``) → plan → read chunks of whole files, one task per chunk (each task
 commits its own files) → archive committed sources → ``pipeline.run.finish`` → artifacts.
 
-While the Prefect API starts, ``run_once`` already plans as ``select`` will and lets the
-DataLoader workers prepare the first chunk's pages (``pipeline.prefetch``); the chunk task
-takes them only if its own plan asks for exactly those pages, so nothing is read twice and
-nothing is committed outside a task.
-
 Chunk tasks receive paths and hashes, never pixels, and have no cache key
 (``cache_policy=NO_CACHE``). Locally they run one at a time in this process, each with the
 run's DataLoader workers (chunks of ~512 pages, so worker start-up is rare); with
@@ -46,7 +41,6 @@ from pipeline.errors import FormdigitsError  # noqa: E402
 from pipeline.ingest import discover, file_sha256  # noqa: E402
 from pipeline.looks import first_look  # noqa: E402
 from pipeline.plan import Plan, WorkItem  # noqa: E402
-from pipeline.prefetch import read_ahead, read_key  # noqa: E402
 from pipeline.run import RunContext, begin, finish, process_chunk  # noqa: E402
 from pipeline.settings import RunSettings  # noqa: E402
 from pipeline.store import read_table  # noqa: E402
@@ -54,7 +48,7 @@ from pipeline.store import read_table  # noqa: E402
 FLOW_NAME = "process-scan-folder"
 # Pages per chunk task. Locally each chunk starts its own DataLoader workers, so chunks
 # are large; on Dask smaller chunks spread evenly over the workers.
-LOCAL_CHUNK_PAGES = intake.LOCAL_CHUNK_PAGES
+LOCAL_CHUNK_PAGES = 512
 DASK_CHUNK_PAGES = 24
 DEFAULT_SETTLE_SECONDS = 2.0
 RETRIES = 3
@@ -133,9 +127,7 @@ def read_chunk(out_dir: str, run_id: str, settings: dict[str, Any],
     if ctx is None:
         ctx = _worker_context(Path(out_dir), run_id, RunSettings.model_validate(settings),
                               writer=(chunk + 1) * 100 + min(attempt, 99))
-        return process_chunk(ctx, items)
-    early = intake.EARLY_READS.get(read_key(Path(out_dir)))  # closed by run_once
-    return process_chunk(ctx, items, prepared=early.take(items) if early else None)
+    return process_chunk(ctx, items)
 
 
 @task(name="archive", **_RETRY)
@@ -378,15 +370,12 @@ def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
     api = api or BackgroundAPI()
     s = RunSettings.model_validate(settings)
     # The settle interval starts at the first look, not once the API answers.
-    looked = looked or first_look(input_dir, out_dir, archive_dir)
-    intake.EARLY_LOOKS[str(input_dir)] = looked
+    intake.EARLY_LOOKS[str(input_dir)] = looked or first_look(input_dir, out_dir, archive_dir)
     intake.cached_predictor(s.model, s.device, s.batch_size)  # meanwhile: the model
     # ... and what Prefect imports on its first flow call (0.3 s: it serializes the
     # parameters with FastAPI's encoder), so that it is not paid after the API is up.
     import fastapi.encoders  # noqa: F401
 
-    if not dask_address:  # ... and the first pages (unless the CLI started them already)
-        read_ahead(out_dir, s, looked, settle_seconds, chunk_pages or LOCAL_CHUNK_PAGES)
     url = api.wait()
     updates: dict[Any, Any] = {PREFECT_API_URL: url}
     if api.ephemeral:
@@ -405,6 +394,3 @@ def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
             return process_scan_folder(**kwargs)
     finally:
         intake.EARLY_LOOKS.pop(str(input_dir), None)  # unused if the flow failed early
-        early = intake.EARLY_READS.pop(read_key(out_dir), None)
-        if early is not None:  # idle, used up, or not taken (nothing new, or a failure)
-            early.close()

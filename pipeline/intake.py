@@ -44,8 +44,6 @@ from pipeline.store import FileEntry, OutputStore, read_table
 __all__ = ["FileStat", "Snapshot", "settled", "snapshot"]  # re-exported from looks
 
 STAT_CACHE = "intake.json"
-# Pages per chunk task of a local flow run (each chunk starts its own DataLoader workers).
-LOCAL_CHUNK_PAGES = 512
 # errnos that will not go away by waiting: retrying them only delays the failure.
 _PERMANENT_ERRNOS = frozenset({
     errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
@@ -179,8 +177,7 @@ def select_files(first: Snapshot, out_dir: Path, settings: RunSettings,
                  exclude: Sequence[Path]) -> Selection:
     """Skip known-done files, wait out the settle interval, plan the settled new ones.
 
-    Pure reading (no lock needed): the flow calls it under the run's lock for the plan it
-    commits, and may call it once earlier, while Prefect starts, to read ahead.
+    Pure reading: the flow's ``select`` task calls it under the run's lock.
     """
     cache = StatCache.load(out_dir)
     paths = list(first.stats)
@@ -189,38 +186,13 @@ def select_files(first: Snapshot, out_dir: Path, settings: RunSettings,
     t0 = time.perf_counter()
     stable, changing = settled(todo, settle_seconds)
     waited = time.perf_counter() - t0
-    plan_ = plan_files(stable, settings, {} if settings.force else dict(committed), exclude,
-                       sha256=_memo_sha256)
+    plan_ = plan_files(stable, settings, {} if settings.force else dict(committed), exclude)
     failed: list[str] = []
     if not settings.force:
         kept = drop_failed_unchanged(plan_, committed)
         failed = sorted({w.source for w in plan_.items} - {w.source for w in kept.items})
         plan_ = kept
     return Selection(plan_, known, changing, cache, paths, failed, waited)
-
-
-# sha256 of files hashed in this process with their stat then: the read-ahead plan and the
-# flow's own plan (a few seconds apart) hash each new file once. A changed stat re-hashes.
-_HASHED: dict[Path, tuple[FileStat, str]] = {}
-_HASHED_LOCK = threading.Lock()
-
-
-def _memo_sha256(path: Path) -> str:
-    from pipeline.ingest import file_sha256
-
-    stat = FileStat.of(path)
-    with _HASHED_LOCK:
-        hit = _HASHED.get(path)
-    if stat is not None and hit is not None and hit[0] == stat:
-        return hit[1]
-    sha = file_sha256(path)
-    if stat is None:
-        return sha
-    with _HASHED_LOCK:
-        if len(_HASHED) > 100_000:  # a long-lived process (schedule): keep it bounded
-            _HASHED.clear()
-        _HASHED[path] = (stat, sha)
-    return sha
 
 
 def chunk_items(items: Sequence[WorkItem], pages_per_chunk: int) -> list[tuple[WorkItem, ...]]:
@@ -337,8 +309,6 @@ def is_transient(exc: BaseException) -> bool:
 OPEN_RUNS: dict[str, Any] = {}
 # First looks taken before the flow started (by scan folder), see flows.nightly.run_once.
 EARLY_LOOKS: dict[str, Snapshot] = {}
-# Pages read ahead while the flow started (a pipeline.prefetch.Prefetch), by output folder.
-EARLY_READS: dict[str, Any] = {}
 
 _MODELS: dict[tuple[str, str, str, int], object] = {}
 _MODELS_LOCK = threading.Lock()

@@ -8,7 +8,7 @@ still ends up as an ``errors`` row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +58,12 @@ class Plan:
 def plan_files(
     inputs: Sequence[Path], settings: RunSettings, committed: dict[str, FileEntry],
     exclude: Sequence[Path] = (),
-    sha256: Callable[[Path], str] = file_sha256,
 ) -> Plan:
     """Discover inputs and decide, per file, whether and how much to read.
 
     ``committed`` is the output folder's latest outcome per file key; files committed
     without a file-level error are skipped unless ``settings.force``. Files with the same
-    content as an earlier file of this run are skipped as duplicates. ``sha256`` hashes
-    a file (a memo may answer for a file hashed earlier and unchanged since).
+    content as an earlier file of this run are skipped as duplicates.
     """
     items: list[WorkItem] = []
     skipped: list[str] = []
@@ -73,7 +71,7 @@ def plan_files(
     for path in discover(inputs, exclude=exclude):
         source = str(path)
         try:
-            sha = sha256(path)
+            sha = file_sha256(path)
         except FormdigitsError as exc:
             items.append(WorkItem(path, source, None, 0, error_info(exc)))
             continue

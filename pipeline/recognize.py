@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.assemble import PageOutcome, assemble_page
-from pipeline.errors import FormdigitsError, ModelError, RegistrationError
+from pipeline.errors import FormdigitsError, RegistrationError
+from pipeline.pieces import piece_scorer, score_pieces
 from pipeline.records import FieldCrop, RegisteredPage
 from pipeline.settings import RunSettings
 from pipeline.templates import Template
@@ -165,50 +166,6 @@ def error_info(exc: BaseException, stage: str = "") -> ErrorInfo:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def piece_scorer(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The piece verifier as ``pixels (N, 28, 28) uint8 → P(one digit) (N,)``, or None.
-
-    Loaded once per process; it runs on the CPU in the main process, one page's pieces at
-    a time (:func:`score_pieces`): a string field has a few dozen candidate pieces, far
-    too few to be worth a trip to the GPU.
-    """
-    if path == "none":
-        return None
-    from models.predictor import Predictor
-    from models.weights import PIECES_WEIGHTS
-
-    pred = Predictor.load(PIECES_WEIGHTS if path == "default" else path, device="cpu",
-                          batch_size=256)
-    if pred.contract.arch != "piecenet":
-        raise ModelError(f"{path}: a '{pred.contract.arch}' model, not a piece verifier",
-                         hint="Pass a piecenet weights file, 'default' or 'none'.")
-
-    def score(pixels: np.ndarray) -> np.ndarray:
-        return pred.predict_proba(pixels)[:, 0] if len(pixels) else np.zeros(0, np.float32)
-
-    return score
-
-
-def score_pieces(crops: Sequence[FieldCrop],
-                 scorer: Callable[[np.ndarray], np.ndarray] | None) -> list[FieldCrop]:
-    """``crops`` with the verifier's ``single`` set on string pieces (``piece`` dropped).
-
-    Runs where the digit CNN runs (the main process), on one page's pieces at a time:
-    the page workers then never run a network, which keeps them small.
-    """
-    idx = [i for i, c in enumerate(crops) if c.piece is not None]
-    out = list(crops)
-    if not idx:
-        return out
-    pixels = [p for i in idx if (p := crops[i].piece) is not None]
-    single = scorer(np.stack(pixels)) if scorer is not None else None
-    for k, i in enumerate(idx):
-        out[i] = dataclasses.replace(crops[i], piece=None,
-                                     single=1.0 if single is None else float(single[k]))
-    return out
-
-
 def decode_hint(templates: Sequence[Template]) -> tuple[float | None, float | None]:
     """``(min_dpi, long_mm)`` for :func:`pipeline.ingest.load_page`: registration works at
     ``WORK_DPI``, so a JPEG scanned at twice that is decoded at half size."""
@@ -329,7 +286,7 @@ def _worker_died(exc: RuntimeError) -> bool:
 
 
 def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
-               settings: RunSettings) -> Generator[PageWork, None, None]:
+               settings: RunSettings) -> Iterator[PageWork]:
     """Prepared pages in input order (in worker processes when ``settings.workers`` > 0).
 
     A page that kills its worker (a decoder crash, the OOM killer) becomes an error row:

@@ -9,20 +9,14 @@ commits its own files), ``finish`` once. Every page of every input ends up in th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.commit import Committer, Tally
+from pipeline.pieces import piece_scorer
 from pipeline.plan import Plan, WorkItem, plan_files
-from pipeline.recognize import (
-    PageWork,
-    ProbaModel,
-    configure_main_threads,
-    iter_works,
-    piece_scorer,
-    recognize,
-)
+from pipeline.recognize import ProbaModel, configure_main_threads, iter_works, recognize
 from pipeline.settings import RunSettings
 from pipeline.store import OutputStore, new_run_id
 from pipeline.templates import Template, load_templates
@@ -73,7 +67,7 @@ def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = N
 
         predictor = Predictor.load(settings.model, device=settings.device,
                                    batch_size=settings.batch_size)
-    # Loaded here, before the workers fork: a bad path fails now, and they share it.
+    # Loaded now, so that a bad --piece-model fails before any page is read.
     piece_scorer(settings.piece_model)
     configure_main_threads(settings.workers)
     store = OutputStore(Path(out_dir), new_run_id())
@@ -94,21 +88,15 @@ def plan(ctx: RunContext, inputs: Sequence[Path]) -> Plan:
 
 
 def process_chunk(ctx: RunContext, items: Sequence[WorkItem],
-                  progress: ProgressFn | None = None,
-                  prepared: Iterator[PageWork] | None = None) -> Tally:
-    """Read ``items`` and commit them (in groups); returns what was committed.
-
-    ``prepared``: the readable items' pages already being prepared, in order (a
-    :class:`pipeline.prefetch.Prefetch` taken for exactly these items).
-    """
+                  progress: ProgressFn | None = None) -> Tally:
+    """Read ``items`` and commit them (in groups); returns what was committed."""
     committer = Committer(ctx.store, ctx.run_id)
     for item in items:
         if item.error is not None:
             committer.add_file_error(item)
     readable = [w for w in items if w.error is None]
     page_items = [p for w in readable for p in w.page_items()]
-    works = prepared if prepared is not None else iter_works(page_items, ctx.templates,
-                                                             ctx.settings)
+    works = iter_works(page_items, ctx.templates, ctx.settings)
     outcomes = recognize(works, ctx.predictor, ctx.templates, ctx.settings, ctx.run_id)
     files = iter(readable)
     current, pages = next(files, None), []

@@ -356,7 +356,7 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     boxes/comb/date: one crop per box, empty ones with ``empty=True`` and zero pixels;
     string: candidate crops with group/split hypotheses (see :class:`FieldCrop`), each
     also drawn at field scale (``piece``) for the piece verifier
-    (:func:`pipeline.recognize.score_pieces`).
+    (:func:`pipeline.pieces.score_pieces`).
     """
     crops: list[FieldCrop] = []
     zeros = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)

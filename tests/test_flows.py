@@ -206,34 +206,6 @@ def test_settle_interval_runs_from_the_commands_first_look(fakes: None, scans: P
     assert (r["new_files"], r["waiting_files"]) == (7, 0)
 
 
-def test_pages_read_ahead_while_prefect_starts_are_used(
-    fakes: None, scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """run_once starts the page workers on the first chunk before the flow runs; the chunk
-    task takes those pages (no second reading) and the tables equal a plain run's."""
-    import multiprocessing
-
-    import pipeline.run
-
-    calls: list[int] = []
-    real = pipeline.run.iter_works
-
-    def counted(*a: Any, **k: Any) -> Any:
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(pipeline.run, "iter_works", counted)
-    out = tmp_path / "out"
-    r = nightly.run_once(scans, out, {**SETTINGS, "workers": 1}, settle_seconds=SETTLE)
-    assert r["new_files"] == 7 and r["pages"] == 8
-    assert calls == []  # the chunk read nothing itself: it took the prefetched pages
-    assert not intake.EARLY_READS and not multiprocessing.active_children()
-    plain = tmp_path / "plain"
-    run_flow(scans, plain, chunk_pages=None)
-    for table in ("fields", "pages", "errors"):
-        pd.testing.assert_frame_equal(contents(out, table), contents(plain, table))
-
-
 def test_corrupt_file_is_an_error_row_and_the_run_succeeds(fakes: None, scans: Path,
                                                            tmp_path: Path) -> None:
     state = nightly.process_scan_folder(str(scans), str(tmp_path / "out"), settings=SETTINGS,
@@ -265,7 +237,7 @@ def test_transient_io_error_is_retried_without_repeating_files(
     real = nightly.process_chunk
     calls: list[int] = []
 
-    def flaky(ctx: Any, items: Any, progress: Any = None, prepared: Any = None) -> Any:
+    def flaky(ctx: Any, items: Any, progress: Any = None) -> Any:
         calls.append(len(items))
         if len(calls) == 1:  # first file committed, then the disk hiccups
             real(ctx, items[:1])
@@ -285,7 +257,7 @@ def test_bug_in_a_chunk_fails_the_run_but_not_the_other_chunks(
 ) -> None:
     real = nightly.process_chunk
 
-    def buggy(ctx: Any, items: Any, progress: Any = None, prepared: Any = None) -> Any:
+    def buggy(ctx: Any, items: Any, progress: Any = None) -> Any:
         if any(w.source.endswith("p1.png") for w in items):
             raise ValueError("a bug")
         return real(ctx, items)

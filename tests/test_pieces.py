@@ -110,7 +110,7 @@ def test_training_learns_to_tell_pieces_apart(bank: Any) -> None:
 
 def test_shipped_verifier_loads_and_scores() -> None:
     """The shipped weights are a piecenet; 'none' turns the verifier off."""
-    from pipeline.recognize import piece_scorer
+    from pipeline.pieces import piece_scorer
 
     assert piece_scorer("none") is None
     score = piece_scorer("default")
@@ -125,7 +125,7 @@ def test_shipped_verifier_loads_and_scores() -> None:
 def test_wrong_model_is_refused_as_verifier() -> None:
     """A digit model passed as the verifier fails with a message, not garbage scores."""
     from pipeline.errors import ModelError
-    from pipeline.recognize import piece_scorer
+    from pipeline.pieces import piece_scorer
 
     with pytest.raises(ModelError, match="not a piece verifier"):
         piece_scorer("models/digitnet.safetensors")
@@ -157,7 +157,7 @@ def test_verifier_decides_between_a_merged_pair_and_its_halves() -> None:
 def test_pieces_are_scored_in_the_main_process_and_dropped() -> None:
     """score_pieces sets ``single`` on string pieces from their field-scale pixels, drops
     those pixels, and leaves boxed crops alone; without a verifier every piece counts as 1."""
-    from pipeline.recognize import score_pieces
+    from pipeline.pieces import score_pieces
     from pipeline.records import FieldCrop, PageKey
 
     key = PageKey("t.png", "0" * 64, 0)

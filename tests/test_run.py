@@ -324,31 +324,3 @@ def test_workers_fork_safely_after_opencv_threads_were_used(tmp_path: Path) -> N
                        text=True, timeout=240, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(read_table(tmp_path / "o", "pages")) == 2
-
-
-def test_prefetch_is_taken_only_for_exactly_its_plan(fakes: None, scans: Path) -> None:
-    """Read-ahead pages (pipeline.prefetch) serve only the plan they were read for, once;
-    otherwise they are dropped and the workers stopped."""
-    import multiprocessing
-
-    from pipeline.plan import plan_files
-    from pipeline.prefetch import Prefetch
-    from pipeline.recognize import iter_works
-    from pipeline.templates import load_templates
-
-    s = SETTINGS.model_copy(update={"workers": 1})
-    items = plan_files([scans], s, {}).items
-    templates = load_templates(("delivery",))
-    other = Prefetch(items, templates, s)
-    assert other.take(items[:-1]) is None  # another plan: dropped
-    assert not multiprocessing.active_children()
-    pre = Prefetch(items, templates, s)
-    got = pre.take(items)
-    assert got is not None
-    pages = [p for w in items if w.error is None for p in w.page_items()]
-    want = iter_works(pages, templates, SETTINGS)
-    assert [(w.item.source, w.item.page, w.status, len(w.crops)) for w in got] == \
-        [(w.item.source, w.item.page, w.status, len(w.crops)) for w in want]
-    assert pre.take(items) is None  # taken once
-    pre.close()
-    assert not multiprocessing.active_children()
