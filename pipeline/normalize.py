@@ -76,7 +76,8 @@ def normalize_batch(images: np.ndarray) -> np.ndarray:
 # String-field pieces for the piece verifier (``models.pieces``): drawn at the scale of the
 # field, not blown up to fit the box, so that half a digit stays narrow and a touching pair
 # stays wide: the size of a piece is what tells it from one digit.
-PIECE_DIGIT_PX = 18  # a digit 0.65 × the field's height tall is drawn this tall
+PIECE_FIELD_FILL = 0.65  # share of a string field's height that handwriting takes
+PIECE_DIGIT_PX = 18  # a digit PIECE_FIELD_FILL × the field's height tall is drawn this tall
 PIECE_MAX_PX = 26  # larger pieces (several digits) are shrunk to fit
 
 
@@ -96,7 +97,7 @@ def normalize_piece(ink: np.ndarray, field_h: float, *, input_size: int = INPUT_
     ys, xs = np.nonzero(img > INK_FRACTION * peak)
     box = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] * (255.0 / peak)
     h, w = box.shape
-    scale = min(PIECE_DIGIT_PX / max(0.65 * field_h, 1.0), PIECE_MAX_PX / max(h, w))
+    scale = min(PIECE_DIGIT_PX / max(PIECE_FIELD_FILL * field_h, 1.0), PIECE_MAX_PX / max(h, w))
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
     small = np.clip(cv2.resize(box, (nw, nh), interpolation=interp), 0.0, 255.0)

@@ -19,6 +19,7 @@ import torch
 from pipeline.assemble import choose_crops
 from pipeline.errors import UsageError
 from pipeline.ingest import load_page
+from pipeline.normalize import PIECE_FIELD_FILL
 from pipeline.recognize import ProbaModel
 from pipeline.records import RegisteredPage
 from pipeline.settings import Limits
@@ -88,7 +89,11 @@ def adhoc_page(gray: np.ndarray, kind: str, n: int) -> tuple[Template, np.ndarra
     if kind == "comb":
         spec.update(count=n, box_w_mm=fw_mm / n, box_h_mm=fh_mm, gap_mm=0)
     else:
-        spec.update(w_mm=fw_mm, h_mm=fh_mm, max_digits=40)
+        # A cut-out string is about as tall as its digits; on a form the writing fills
+        # ~0.65 of the field's height, the scale the piece verifier was trained at.
+        tall = fh_mm / PIECE_FIELD_FILL
+        spec.update(w_mm=fw_mm, h_mm=tall, y_mm=_MARGIN_MM - (tall - fh_mm) / 2,
+                    max_digits=40)
     t = Template.model_validate({
         "id": "adhoc", "title": "formdigits read", "code": 0,
         "width_mm": max(60.0, fw_mm + 2 * _MARGIN_MM),
@@ -101,8 +106,13 @@ def adhoc_page(gray: np.ndarray, kind: str, n: int) -> tuple[Template, np.ndarra
 
 
 def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
-                    limits: Limits | None = None) -> CropReading:
-    """Segment and read one field image (raises an ``InputError`` subclass if unreadable)."""
+                    limits: Limits | None = None, piece_model: str = "default") -> CropReading:
+    """Segment and read one field image (raises an ``InputError`` subclass if unreadable).
+
+    String images have their candidate pieces scored by the piece verifier
+    (``piece_model``; 'none' = off), as in the pipeline.
+    """
+    from pipeline.pieces import piece_scorer, score_pieces
     from pipeline.segment import segment_page
 
     shape, n = parse_kind(kind)
@@ -111,7 +121,8 @@ def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
     reg = RegisteredPage(key=page.key, template_id=template.id, image=image,
                          homography=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), score=1.0,
                          orientation=0, method="given")
-    crops = [c for c in segment_page(reg, template) if not c.empty]
+    crops = [c for c in score_pieces(segment_page(reg, template), piece_scorer(piece_model))
+             if not c.empty]
     if not crops:
         return CropReading(str(path), "", None, ())
     probs_t = predictor.predict_tensor(torch.from_numpy(np.stack([c.pixels for c in crops])))
