@@ -94,14 +94,13 @@ def look(input_dir: str, exclude: Sequence[str]) -> intake.Snapshot:
 
 
 @task(name="select", **_RETRY)
-def select(run_id: str, first: intake.Snapshot, settle_seconds: float) -> dict[str, Any]:
+def select(run_id: str, first: intake.Snapshot, settle_seconds: float) -> intake.Selection:
     """Skip known-done files, wait out the settle interval, plan the settled new ones."""
     ctx = intake.OPEN_RUNS[run_id]
     sel = intake.select_files(first, ctx.store.out, ctx.settings, settle_seconds,
                               ctx.store.committed(), _exclude(ctx.store.out, ctx.settings))
     ctx.started += sel.waited  # waiting for copies is not processing time
-    return {"plan": sel.plan, "known": sel.known, "changing": sel.changing,
-            "cache": sel.cache, "all": sel.all, "failed": sel.failed}
+    return sel
 
 
 def _exclude(out: Path, s: RunSettings) -> list[Path]:
@@ -188,7 +187,7 @@ def process_scan_folder(
     archived: list[str] = []
     try:
         sel = select(ctx.run_id, cast(Any, quote(first)), settle_seconds)
-        plan_: Plan = sel["plan"]
+        plan_: Plan = sel.plan
         if archive_dir:  # content already committed earlier (renamed/copied again)
             archived += archive(_skipped_paths(sel, plan_), input_dir, archive_dir)
         tallies, ok_items = _read_chunks(ctx, plan_, s, dask_address, chunk_pages, failures)
@@ -203,13 +202,13 @@ def process_scan_folder(
     intake.OPEN_RUNS.pop(ctx.run_id, None)
     summary = finish(ctx, plan_, tallies)
     result = {**asdict(summary), "new_files": len(plan_.items),
-              "known_files": len(sel["known"]), "waiting_files": len(sel["changing"]),
-              "waiting": [str(p) for p in sel["changing"]], "archived": len(archived),
+              "known_files": len(sel.known), "waiting_files": len(sel.changing),
+              "waiting": [str(p) for p in sel.changing], "archived": len(archived),
               "failed_chunks": failures, "out_dir": str(out)}
     _publish(result, out)
     if not plan_.items:
         log.info("Nothing new in %s: %d file(s) already processed, %d still being copied.",
-                 input_dir, len(sel["known"]) + len(plan_.skipped), len(sel["changing"]))
+                 input_dir, len(sel.known) + len(plan_.skipped), len(sel.changing))
     if failures:
         raise FormdigitsError(
             f"{len(failures)} chunk(s) failed: {'; '.join(failures)}",
@@ -252,26 +251,26 @@ def _read_chunks(ctx: RunContext, plan_: Plan, s: RunSettings, dask_address: str
     return tallies, ok
 
 
-def _skipped_paths(sel: dict[str, Any], plan_: Plan) -> list[str]:
+def _skipped_paths(sel: intake.Selection, plan_: Plan) -> list[str]:
     """Sources whose content is committed already (not those that failed as a whole)."""
-    failed = set(sel["failed"])
-    return [str(p) for p in sel["known"]] + [s for s in plan_.skipped if s not in failed]
+    failed = set(sel.failed)
+    return [str(p) for p in sel.known] + [s for s in plan_.skipped if s not in failed]
 
 
-def _update_cache(ctx: RunContext, sel: dict[str, Any], ok_items: Sequence[WorkItem],
+def _update_cache(ctx: RunContext, sel: intake.Selection, ok_items: Sequence[WorkItem],
                   archived: set[str]) -> None:
     """Remember committed files (and known duplicates) so tomorrow needs no hashing."""
-    cache: intake.StatCache = sel["cache"]
+    cache: intake.StatCache = sel.cache
     for w in ok_items:
         if w.file_sha256 and str(w.path) not in archived:
             cache.remember(w.path, w.file_sha256)
-    for src in sel["plan"].skipped:
+    for src in sel.plan.skipped:
         if src not in archived and Path(src).exists():
             try:
                 cache.remember(Path(src), file_sha256(Path(src)))
             except Exception:  # only a shortcut: an unreadable file is hashed next time
                 continue
-    cache.prune(Path(p) for p in sel["all"] if str(p) not in archived)
+    cache.prune(Path(p) for p in sel.all if str(p) not in archived)
     cache.save(ctx.store)
 
 

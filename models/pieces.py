@@ -68,9 +68,8 @@ def _fields() -> list[_Field]:
             if f.kind != "string":
                 continue
             x, y, w, h = f.boxes_mm()[0]
-            k = WORK_DPI / 25.4
-            x0, y0 = int((x - MARGIN_MM) * k), int((y - MARGIN_MM) * k)
-            x1, y1 = int((x + w + MARGIN_MM) * k) + 1, int((y + h + MARGIN_MM) * k) + 1
+            x0, y0 = int(t.px(x - MARGIN_MM)), int(t.px(y - MARGIN_MM))
+            x1, y1 = int(t.px(x + w + MARGIN_MM)) + 1, int(t.px(y + h + MARGIN_MM)) + 1
             s = round(FILL_DPI / WORK_DPI)  # 2: regions line up pixel for pixel
             fill = render_blank(t, FILL_DPI, color=True)[s * y0 : s * y1, s * x0 : s * x1]
             work = render_blank(t, WORK_DPI, color=True)[:, :, 0].copy()

@@ -201,21 +201,18 @@ def read_field(
     nonempty = [i for i, c in enumerate(crops) if not c.empty]
     sub = probs[nonempty] if nonempty else np.zeros((0, 10), np.float32)
     ink = [crops[i] for i in nonempty]
-    split_sure = False
     if ff.kind == "string":
-        picked, margin = choose_string_crops(ink, sub)
-        cut_doubt = False
+        (picked, margin), cut_doubt = choose_string_crops(ink, sub), False
     else:
-        picked, cut_doubt = choose_box_crops(ink, sub)
+        (picked, cut_doubt), margin = choose_box_crops(ink, sub), 0.0
     used = [crops[nonempty[j]] for j in picked]
-    if ff.kind == "string" and used:
-        split_sure = (margin >= SPLIT_SURE_MARGIN
-                      and min(c.single for c in used) >= SPLIT_SURE_SINGLE)
     # Empty crops count when not part of a cut variant that was not chosen.
     kept = {(c.group, c.split) for c in used}
     empties = [c for c in crops if c.empty and (c.group == 0 or (c.group, c.split) in kept)]
     flag_set = {f for c in (*used, *empties) for f in c.flags}
-    sure_cut = split_sure and "touching" in flag_set
+    # (a "touching" flag comes from a used piece, so ``used`` is not empty here)
+    sure_cut = ("touching" in flag_set and margin >= SPLIT_SURE_MARGIN
+                and min(c.single for c in used) >= SPLIT_SURE_SINGLE)
     if sure_cut:  # cut where the verifier is sure: a note, not a doubt ...
         flag_set = (flag_set - {"touching"}) | {"touching_split"}
     flags = sorted(flag_set | ({"ambiguous_cut"} if cut_doubt else set()))

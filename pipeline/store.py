@@ -181,7 +181,16 @@ class OutputStore:
 
     def committed(self) -> dict[str, FileEntry]:
         """Latest committed outcome per file key (what resume uses to skip files)."""
-        return committed_files(self.out)
+        return {
+            key: FileEntry(
+                source=str(r["source"]),
+                file_sha256=None if r["file_sha256"] is None else str(r["file_sha256"]),
+                pages=int(r["pages"]),
+                errors=int(r["errors"]),
+                file_error=bool(r["file_error"]),
+            )
+            for key, r in _latest_per_key(_manifest_table(self.out)).items()
+        }
 
     # ------------------------------------------------------------------ writing
 
@@ -220,20 +229,6 @@ class OutputStore:
             self.out / MANIFEST_DIR / name, pa.Table.from_pylist(manifest_rows, schema=MANIFEST)
         )
         return commit_id
-
-
-def committed_files(out_dir: Path) -> dict[str, FileEntry]:
-    """Latest committed outcome per file key of ``out_dir`` (read-only; no lock needed)."""
-    return {
-        key: FileEntry(
-            source=str(r["source"]),
-            file_sha256=None if r["file_sha256"] is None else str(r["file_sha256"]),
-            pages=int(r["pages"]),
-            errors=int(r["errors"]),
-            file_error=bool(r["file_error"]),
-        )
-        for key, r in _latest_per_key(_manifest_table(Path(out_dir))).items()
-    }
 
 
 def append_part(out_dir: Path, table: str, data: pa.Table) -> Path:
