@@ -4,7 +4,8 @@ Synthesizes pages (a held-out seed; see --seed), runs the real pipeline, scores 
 results against the synth truth, and writes the "Pipeline accuracy (issue 5)" section of
 docs/BENCHMARKS.md plus bench/pipeline_results.json.
 
-    python -m bench.pipeline_accuracy --pages 200 --seed 6160 [--model FILE] [--json]
+    python -m bench.pipeline_accuracy --pages 200 --seed 6160 [--model FILE]
+        [--second-opinion auto|none|FILE] [--json] [--no-doc]
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
 
 
-def run_bench(pages: int, seed: int, model: str, workdir: Path) -> dict[str, object]:
+def run_bench(pages: int, seed: int, model: str, workdir: Path, second: str = "auto"
+              ) -> dict[str, object]:
     """Synthesize, run and score; returns the score dict with timings."""
     from flows.cli import main as cli
 
@@ -32,7 +34,8 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path) -> dict[str, obj
     if rc:
         raise SystemExit(f"synth failed ({rc}); is MNIST available (FORMDIGITS_DATA)?")
     t1 = time.perf_counter()
-    rc = cli(["run", str(scans), "--out", str(out), "--model", model])
+    rc = cli(["run", str(scans), "--out", str(out), "--model", model,
+              "--second-opinion", second])
     if rc:
         raise SystemExit(f"run failed ({rc})")
     t2 = time.perf_counter()
@@ -43,6 +46,7 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path) -> dict[str, obj
     result["synth_seconds"] = round(t1 - t0, 1)
     result["run_seconds"] = round(t2 - t1, 1)
     result["model"] = model
+    result["second_opinion"] = second
     result["seed"] = seed
     return result
 
@@ -108,7 +112,8 @@ def markdown(r: dict[str, object], cmd: str) -> str:
     return f"""## Pipeline accuracy (issue 5)
 
 {r['pages']} synthetic pages from MNIST **test** digits (seed {r['seed']}), both templates,
-all formats; model `{r['model']}`; default review threshold.
+all formats; model `{r['model']}`, second opinion `{r.get('second_opinion', 'none')}`;
+default review threshold.
 Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()},
 2 cores (shared machine).
 
@@ -174,15 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     # the reporting seed since (docs/BENCHMARKS.md keeps both results).
     ap.add_argument("--seed", type=int, default=6160)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--second-opinion", default="auto", help="auto, none or a paired file")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-doc", action="store_true")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fd-bench-"))
     try:
-        r = run_bench(a.pages, a.seed, a.model, work)
+        r = run_bench(a.pages, a.seed, a.model, work, a.second_opinion)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    cmd = f"python -m bench.pipeline_accuracy --pages {a.pages} --seed {a.seed} --model {a.model}"
+    cmd = (f"python -m bench.pipeline_accuracy --pages {a.pages} --seed {a.seed} "
+           f"--model {a.model} --second-opinion {a.second_opinion}")
     (ROOT / "bench" / "pipeline_results.json").write_text(json.dumps(r, indent=2) + "\n")
     if not a.no_doc:
         write_section(markdown(r, cmd))

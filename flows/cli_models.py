@@ -97,13 +97,16 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write metrics.json + PNGs here.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    second_opinion: Annotated[str, typer.Option(
+        help="'none' (the model alone), 'auto' or a paired file: score the cascade.")
+    ] = "none",
 ) -> None:
     """Evaluate a model: accuracy, macro-F1, NLL, ECE, error at reject, per-class scores."""
     from rich.console import Console
 
     from models.evaluate import evaluate, write_report
 
-    result, logits, labels = evaluate(model, data, split, device)
+    result, logits, labels = evaluate(model, data, split, device, second_opinion)
     if report is not None:
         write_report(result, logits, labels, report)
     shown = {k: v for k, v in result.items() if k != "confusion"}

@@ -57,6 +57,9 @@ def run_cmd(
     model: Annotated[str | None, typer.Option(help="Weights file, or 'default'.")] = None,
     piece_model: Annotated[str | None, typer.Option(
         help="String-piece verifier weights, 'default', or 'none' (off).")] = None,
+    second_opinion: Annotated[str | None, typer.Option(
+        help="Second digit model for doubtful crops: 'auto', 'none', or a paired file.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Crops per CNN batch.")] = None,
     workers: Annotated[int | None, typer.Option(help="Page-preparing worker processes.")] = None,
@@ -75,7 +78,7 @@ def run_cmd(
 
     settings = resolve_settings(
         config, templates=tuple(template) if template else None, model=model,
-        piece_model=piece_model, device=device,
+        piece_model=piece_model, second_opinion=second_opinion, device=device,
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
         debug_dir=str(debug) if debug else None, force=force or None, strict=strict or None,
     )
@@ -131,16 +134,19 @@ def read_cmd(
     kind: Annotated[str, typer.Option(
         help="'string' (free writing) or 'boxes:N' (N equal boxes).")] = "string",
     model: Annotated[str, typer.Option(help="Weights file, or 'default'.")] = "default",
+    second_opinion: Annotated[str, typer.Option(
+        help="Second digit model for doubtful crops: 'auto', 'none', or a paired file.")
+    ] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Read already-cropped field images and print value, confidence and digits."""
-    from models.predictor import Predictor
+    from models.second_opinion import load_reader
     from pipeline.errors import FormdigitsError
     from pipeline.read_crops import parse_kind, read_crop_image
 
     parse_kind(kind)  # bad --kind fails before the model loads
-    predictor = Predictor.load(model, device=device)
+    predictor = load_reader(model, second_opinion, device=device)
     failed = 0
     for path in images:
         try:

@@ -152,7 +152,7 @@ def _worker_context(out_dir: Path, run_id: str, settings: RunSettings, writer: i
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     s = settings.model_copy(update={"workers": 0})  # no DataLoader processes inside Dask
-    predictor = intake.cached_predictor(s.model, s.device, s.batch_size)
+    predictor = intake.cached_predictor(s.model, s.device, s.batch_size, s.second_opinion)
     return RunContext(intake.ChunkStore(out_dir, run_id, writer), s,
                       load_templates(s.templates), predictor,  # type: ignore[arg-type]
                       time.perf_counter())
@@ -181,7 +181,8 @@ def process_scan_folder(
     out = Path(out_dir)
     exclude = [str(out)] + ([archive_dir] if archive_dir else [])
     first = look(input_dir, exclude)
-    ctx = begin(out, s, intake.cached_predictor(s.model, s.device, s.batch_size))  # type: ignore[arg-type]
+    reader = intake.cached_predictor(s.model, s.device, s.batch_size, s.second_opinion)
+    ctx = begin(out, s, reader)  # type: ignore[arg-type]
     intake.OPEN_RUNS[ctx.run_id] = ctx
     failures: list[str] = []
     archived: list[str] = []
@@ -370,7 +371,8 @@ def run_once(input_dir: Path, out_dir: Path, settings: dict[str, Any], *,
     s = RunSettings.model_validate(settings)
     # The settle interval starts at the first look, not once the API answers.
     intake.EARLY_LOOKS[str(input_dir)] = looked or first_look(input_dir, out_dir, archive_dir)
-    intake.cached_predictor(s.model, s.device, s.batch_size)  # meanwhile: the model
+    # Meanwhile: the model.
+    intake.cached_predictor(s.model, s.device, s.batch_size, s.second_opinion)
     # ... and what Prefect imports on its first flow call (0.3 s: it serializes the
     # parameters with FastAPI's encoder), so that it is not paid after the API is up.
     import fastapi.encoders  # noqa: F401

@@ -12,16 +12,35 @@ from models import metrics
 
 
 def evaluate(model_path: str | Path | None, data: str | Path, split: str = "test",
-             device: str = "auto") -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Run the model over ``data``; returns (metrics dict, logits, labels)."""
+             device: str = "auto", second: str = "none"
+             ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Run the model over ``data``; returns (metrics dict, logits, labels).
+
+    With a ``second`` opinion (``"auto"`` or a paired file, see models.second_opinion) the
+    cascade's calibrated probabilities are scored: the returned "logits" are then their
+    logs at temperature 1, so the uncalibrated metrics equal the calibrated ones.
+    """
+    import torch
+
     from models.datasets import load_digits
     from models.predictor import Predictor
+    from models.second_opinion import SecondOpinion, load_reader
 
     ds = load_digits(data, split)
-    pred = Predictor.load(model_path if model_path else "default", device=device, batch_size=1000)
-    logits = pred.logits(__import__("torch").from_numpy(ds.images)).numpy().astype(np.float64)
-    result = metrics.summarize(logits, ds.labels, pred.contract.temperature)
-    result = {"model": pred.model_version, "data": ds.source, **result}
+    pixels = torch.from_numpy(ds.images)
+    reader = load_reader(model_path or "default", second, device=device, batch_size=1000)
+    extra: dict[str, Any] = {}
+    if isinstance(reader, SecondOpinion):
+        probs = reader.predict_tensor(pixels).double()
+        logits = torch.log(probs.clamp_min(1e-300)).numpy()
+        temperature = 1.0
+        extra = {"second_opinion_asked": reader.asked / max(1, len(ds.labels))}
+    else:
+        assert isinstance(reader, Predictor)
+        logits = reader.logits(pixels).numpy().astype(np.float64)
+        temperature = reader.contract.temperature
+    result = metrics.summarize(logits, ds.labels, temperature)
+    result = {"model": reader.model_version, "data": ds.source, **extra, **result}
     return result, logits, ds.labels
 
 

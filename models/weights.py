@@ -25,6 +25,7 @@ from pipeline.errors import ModelError
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = MODELS_DIR / "digitnet.safetensors"
 PIECES_WEIGHTS = MODELS_DIR / "piecenet.safetensors"  # string-piece verifier (models.pieces)
+SECOND_WEIGHTS = MODELS_DIR / "digitnet_wide.safetensors"  # second opinion (models.second_opinion)
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -310,7 +310,7 @@ OPEN_RUNS: dict[str, Any] = {}
 # First looks taken before the flow started (by scan folder), see flows.nightly.run_once.
 EARLY_LOOKS: dict[str, Snapshot] = {}
 
-_MODELS: dict[tuple[str, str, str, int], object] = {}
+_MODELS: dict[tuple[str, str, str, str, str, int], object] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -323,20 +323,25 @@ def model_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached_predictor(model: str, device: str = "auto", batch_size: int = 256) -> object:
-    """The predictor for ``model``, loaded once per process (keyed by path + file sha256).
+def cached_predictor(model: str, device: str = "auto", batch_size: int = 256,
+                     second: str = "auto") -> object:
+    """The reader for ``model`` (with its ``second`` opinion, see models.second_opinion),
+    loaded once per process (keyed by paths + file sha256s).
 
     A Dask worker runs many chunk tasks: loading the weights per task would cost more than
-    a small chunk. Replacing the weights file changes its hash, so the next task loads it.
+    a small chunk. Replacing a weights file changes its hash, so the next task loads it.
     """
-    from models.predictor import Predictor
-    from models.weights import resolve_weights
+    from models.second_opinion import load_reader
+    from models.weights import SECOND_WEIGHTS, resolve_weights
 
     path = resolve_weights(model)
-    key = (os.path.abspath(path), model_sha256(path), device, batch_size)
+    other = SECOND_WEIGHTS if second == "auto" else Path(second)
+    other_key = (str(other), model_sha256(other)) if second != "none" and other.is_file() \
+        else (second, "")
+    key = (os.path.abspath(path), model_sha256(path), *other_key, device, batch_size)
     with _MODELS_LOCK:
         hit = _MODELS.get(key)
         if hit is None:
-            hit = Predictor.load(path, device=device, batch_size=batch_size)
+            hit = load_reader(path, second, device=device, batch_size=batch_size)
             _MODELS[key] = hit
     return hit

@@ -63,10 +63,10 @@ def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = N
     started = time.perf_counter()
     templates = load_templates(settings.templates)
     if predictor is None:
-        from models.predictor import Predictor
+        from models.second_opinion import load_reader
 
-        predictor = Predictor.load(settings.model, device=settings.device,
-                                   batch_size=settings.batch_size)
+        predictor = load_reader(settings.model, settings.second_opinion,
+                                device=settings.device, batch_size=settings.batch_size)
     # Loaded now, so that a bad --piece-model fails before any page is read.
     piece_scorer(settings.piece_model)
     configure_main_threads(settings.workers)

@@ -12,6 +12,7 @@ heuristically most likely one carries the flag ``"likely"`` for model-free use (
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,10 +24,12 @@ LENGTH_WEIGHT = 0.6  # see _likely_pieces
 SPLIT_SCORES = (2.28, 3.9, 5.2)  # score thresholds for 2, 3 and 4 digits in one group
 PATH_SPLIT = 10  # split ids k + 10 j: variant j of the hypothesis "k pieces" (see _variants)
 CUT_SHIFTS = (0.0, -0.15, 0.15)  # cut positions tried, in fractions of a piece's width
+BROKEN_MIN_DOTS = 3  # dropped dots that can add up to a broken digit (see _broken_digit)
 
 
-def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
-    """Component ids per group, left to right: components inside ``rect``, fragments merged."""
+def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> tuple[list[list[int]], bool]:
+    """Component ids per group, left to right: components inside ``rect``, fragments merged;
+    and whether dots too small to keep add up to a digit (see :func:`_broken_digit`)."""
     rx, ry, rw, rh = rect
     n = fi.stats.shape[0]
     areas = np.bincount(fi.labels.ravel(), minlength=n)
@@ -38,7 +41,7 @@ def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
         ys, xs = np.nonzero(fi.labels == i)
         boxes[i] = (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1)
     if not comps:
-        return []
+        return [], False
     tall = sorted(boxes[i][3] - boxes[i][2] for i in comps)
     hd = float(tall[(3 * len(tall)) // 4]) if tall else 1.0  # fragments are many and small
     parent = {i: i for i in comps}
@@ -65,9 +68,28 @@ def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> list[list[int]]:
         groups.setdefault(find(i), []).append(i)
     out = list(groups.values())
     out.sort(key=lambda g: min(boxes[i][0] for i in g))
-    # Drop tiny isolated groups (dots, residue) far smaller than a digit.
+    # Drop tiny isolated groups (dots, residue) far smaller than a digit ...
+    small = [g for g in out if max(boxes[i][3] - boxes[i][2] for i in g) < 0.3 * hd]
     out = [g for g in out if max(boxes[i][3] - boxes[i][2] for i in g) >= 0.3 * hd]
-    return _absorb_fragments(out, boxes, hd)
+    # ... unless together they span a digit: a stroke a fax or a dry pen broke into dots.
+    return _absorb_fragments(out, boxes, hd), _broken_digit(small, boxes, hd)
+
+
+def _broken_digit(small: list[list[int]], boxes: dict[int, tuple[int, int, int, int]],
+                  hd: float) -> bool:
+    """Whether dropped dots cluster into something digit-sized (at least BROKEN_MIN_DOTS
+    of them within gaps of a quarter digit height, together >= 0.6 digit heights tall):
+    the reading would silently lose a digit, so the field must be looked at."""
+    dots = sorted((boxes[i] for g in small for i in g), key=lambda b: b[0])
+    cluster: list[tuple[int, int, int, int]] = []
+    for b in dots:
+        if cluster and b[0] - max(c[1] for c in cluster) > 0.25 * hd:
+            cluster = []
+        cluster.append(b)
+        tall = max(c[3] for c in cluster) - min(c[2] for c in cluster)
+        if len(cluster) >= BROKEN_MIN_DOTS and tall >= 0.6 * hd:
+            return True
+    return False
 
 
 def _absorb_fragments(
@@ -158,11 +180,12 @@ def _likely_pieces(m: np.ndarray, ratio: float, hd: float) -> int:
 def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
     """Candidate pieces of a string field (see the module docstring)."""
     rect = fi.boxes[0]
-    groups = _groups(fi, rect)
+    groups, broken = _groups(fi, rect)
     ox, oy = fi.origin
     if not groups:
         rx, ry, rw, rh = rect
-        return [Piece(0, (rx + ox, ry + oy, rw, rh), np.zeros((1, 1), np.uint8), True)]
+        return [Piece(0, (rx + ox, ry + oy, rw, rh), np.zeros((1, 1), np.uint8), True,
+                      flags=("broken",) if broken else ())]
     masks = [np.isin(fi.labels, g).astype(np.uint8) for g in groups]
     heights = []
     spans = []
@@ -200,4 +223,6 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
                     vflags = flags if split == k else ("touching",)
                     pieces.append(Piece(pos, bbox, ink, flags=vflags, group=gi, split=split))
                     pos += 1
+    if broken:  # on every piece: whichever cut is chosen, the field carries the doubt
+        pieces = [replace(p, flags=(*p.flags, "broken")) for p in pieces]
     return pieces

@@ -38,6 +38,10 @@ class RunSettings(BaseModel):
     piece_model: str = Field(
         "default", description="String-field piece verifier weights ('default' = shipped, "
         "'none' = choose splits without it).")
+    second_opinion: str = Field(
+        "auto", description="Second digit model for the crops the first is unsure of: "
+        "'auto' (the shipped one, when paired with the model in use), 'none', or a file "
+        "paired with --model (models.second_opinion).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # 128: as fast as 256 on CPU (12.9k vs 12.4k digits/s on one thread here; the smaller
     # activations stay in cache) and it halves the main process's transient memory.

@@ -234,7 +234,9 @@ def test_cli_run_strict_exit_code_and_read_rejects_bad_kind(
         predictor.Predictor, "load", classmethod(lambda cls, *a, **k: FakePredictor())
     )
     out = tmp_path / "out"
-    args = ["run", str(scans), "--out", str(out), "--template", "delivery", "--workers", "0"]
+    # The fake reader is nobody's primary: no second opinion.
+    args = ["run", str(scans), "--out", str(out), "--template", "delivery", "--workers", "0",
+            "--second-opinion", "none"]
     assert main(args) == 0
     assert main([*args, "--force", "--strict"]) == 8
     assert main(["read", str(scans / "a.png"), "--kind", "boxes:x"]) == 2

@@ -169,6 +169,42 @@ def test_separate_string_digits_are_single_groups(tmpl: Template, digits: tuple)
     assert [c.group for c in crops] == sorted(c.group for c in crops)
 
 
+def test_a_digit_broken_into_dots_is_flagged_not_silently_lost(tmpl: Template,
+                                                                digits: tuple) -> None:
+    """A fax or dry pen can break a digit into dots, each too small to keep. Dropping them
+    would read "12745" for "127345" with full confidence; the field must say "broken" instead,
+    while a clean field and a few stray specks do not."""
+    f = tmpl.field_by_name["amount"]
+    x, y, _w, h = (round(tmpl.px(v)) for v in f.bounds_mm())
+    height = int(h * 0.7)
+
+    def field_flags(dotted: bool, specks: bool = False) -> set[str]:
+        img = render_blank(tmpl).copy()
+        cx, top = x + 20, y + (h - height) // 2
+        for lab in (1, 2, 7, 3, 4, 5):
+            d = pick(digits, lab)
+            if lab == 3 and dotted:  # only 6x6 dots of it survive, 11 px apart
+                scratch = np.full_like(img, 255)
+                paint(scratch, d, cx, top, height)
+                yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+                dots = (yy % 11 < 6) & (xx % 11 < 6)
+                img[dots & (scratch < 128)] = scratch[dots & (scratch < 128)]
+            elif lab != 3:
+                paint(img, d, cx, top, height)
+            cx += round(d.shape[1] * height / d.shape[0]) + 8
+        if specks:  # two isolated specks far apart: noise, not a digit
+            img[top + 5 : top + 9, cx + 40 : cx + 44] = 20
+            img[top + 30 : top + 34, cx + 90 : cx + 94] = 20
+        crops = [c for c in segment_page(registered(img, tmpl), tmpl) if c.field == "amount"]
+        flags = [set(c.flags) for c in crops]
+        assert all(("broken" in fl) == ("broken" in flags[0]) for fl in flags)
+        return flags[0] if flags else set()
+
+    assert "broken" in field_flags(dotted=True)
+    assert "broken" not in field_flags(dotted=False)
+    assert "broken" not in field_flags(dotted=False, specks=True)
+
+
 def test_pixels_are_normalize_digit_of_the_extracted_ink(tmpl: Template, digits: tuple) -> None:
     rng = np.random.default_rng(3)
     img = render_blank(tmpl).copy()
