@@ -1,7 +1,8 @@
 """The string-piece verifier in the pipeline: load it, and score a page's pieces with it.
 
-Segmentation draws every candidate piece of a string field at field scale
-(``FieldCrop.piece``, :func:`pipeline.normalize.normalize_piece`); here the verifier
+Segmentation draws every candidate piece of a string field, and every cut-variant piece of
+digits touching across a box wall (at :func:`pipeline.segment.box_piece_height`), at field
+scale (``FieldCrop.piece``, :func:`pipeline.normalize.normalize_piece`); here the verifier
 (``models/piecenet``, trained by ``models.pieces``) turns that into ``FieldCrop.single``, the
 probability that the piece is exactly one whole digit, which the split choice and the
 review rule of :mod:`pipeline.assemble` use.
@@ -46,7 +47,7 @@ def piece_scorer(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
 
 def score_pieces(crops: Sequence[FieldCrop],
                  scorer: Callable[[np.ndarray], np.ndarray] | None) -> list[FieldCrop]:
-    """``crops`` with the verifier's ``single`` set on string pieces (``piece`` dropped).
+    """``crops`` with the verifier's ``single`` set where a ``piece`` was drawn (then dropped).
 
     Runs where the digit CNN runs (the main process), on one page's pieces at a time:
     the page workers then never run a network, which keeps them small.

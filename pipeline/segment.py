@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.normalize import INPUT_SIZE, normalize_digit, normalize_piece
+from pipeline.normalize import INPUT_SIZE, PIECE_FIELD_FILL, normalize_digit, normalize_piece
 from pipeline.records import FieldCrop, RegisteredPage
 from pipeline.templates import FormField, Template
 
@@ -32,6 +32,7 @@ MARGIN_MM = 3.0
 WALL_TOL_PX = 3  # registration error allowed around a printed wall (template px)
 MIN_INK = 25.0  # lowest ink contrast (0-255) that can count as a stroke
 MIN_SPECK_PX = 8  # components smaller than this are scanner noise
+BOX_DIGIT_FILL = 0.78  # share of a box's height that handwriting takes (box_piece_height)
 EMPTY_AREA_PX = 15  # a box holding less ink than this (pixels) is empty
 EMPTY_EXTENT = 0.15  # ... or whose ink spans less than this fraction of the box height
 
@@ -85,6 +86,16 @@ def _wall_bands(
 def string_field_height(f: FormField) -> float:
     """Height in template px of a string field's rectangle (the scale of its pieces)."""
     return float(round(Template.px(f.boxes_mm()[0][3])))
+
+
+def box_piece_height(f: FormField) -> float:
+    """The string-field height at which a boxed field's digits have a string digit's size.
+
+    Handwriting fills ~78 % of a box's height (0.6-0.95 in the synthesizer, as on real
+    forms), a string field's digits PIECE_FIELD_FILL of its height: scaled by this, a box
+    digit reaches the piece verifier at the size it was trained on.
+    """
+    return float(round(Template.px(f.boxes_mm()[0][3]) * BOX_DIGIT_FILL / PIECE_FIELD_FILL))
 
 
 def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
@@ -363,7 +374,10 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     for f in template.fields:
         pieces = field_pieces(reg.image, template, f)
         fh = string_field_height(f) if f.kind == "string" and len(pieces) > 1 else 0.0
+        # Cut variants of digits touching across a box wall are verified too (group >= 1).
+        box_fh = box_piece_height(f) if f.kind != "string" else 0.0
         for p in pieces:
+            scale = fh or (box_fh if p.group >= 1 else 0.0)
             crops.append(
                 FieldCrop(
                     key=reg.key,
@@ -377,7 +391,7 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
                     flags=p.flags,
                     group=p.group,
                     split=p.split,
-                    piece=normalize_piece(p.ink, fh) if fh and not p.empty else None,
+                    piece=normalize_piece(p.ink, scale) if scale and not p.empty else None,
                 )
             )
     return crops

@@ -154,6 +154,29 @@ def test_verifier_decides_between_a_merged_pair_and_its_halves() -> None:
     assert assemble.choose_crops(halves_doubted, probs) == [0]
 
 
+def test_verifier_rejects_a_box_cut_that_gives_one_digit_its_neighbours_ink() -> None:
+    """Digits touching across a box wall: cut one way the 0 keeps a tail of the 5 and reads
+    as a confident 6. The digit model prefers that cut by a hair (the pick is in doubt);
+    the verifier's doubt about the tailed piece decides it, and the doubt goes away."""
+    from pipeline import assemble
+    from pipeline.records import FieldCrop, PageKey
+
+    key = PageKey("t.png", "0" * 64, 0)
+    z = np.zeros((28, 28), np.uint8)
+
+    def crop(pos: int, split: int, single: float) -> FieldCrop:
+        return FieldCrop(key, "survey", "household_id", "comb", pos, (pos * 10, 0, 10, 10), z,
+                         group=1, split=split, single=single)
+
+    probs = np.full((4, 10), 0.001, np.float32)
+    probs[0, 0], probs[1, 5] = 0.98, 0.99  # split 0: "05"
+    probs[2, 6], probs[3, 5] = 0.995, 0.99  # split 1: "65", the 0 with the 5's tail
+    alone = [crop(0, 0, 1.0), crop(1, 0, 1.0), crop(0, 1, 1.0), crop(1, 1, 1.0)]
+    assert assemble.choose_box_crops(alone, probs) == ([2, 3], True)
+    verified = [crop(0, 0, 0.97), crop(1, 0, 0.95), crop(0, 1, 0.04), crop(1, 1, 0.95)]
+    assert assemble.choose_box_crops(verified, probs) == ([0, 1], False)
+
+
 def test_pieces_are_scored_in_the_main_process_and_dropped() -> None:
     """score_pieces sets ``single`` on string pieces from their field-scale pixels, drops
     those pixels, and leaves boxed crops alone; without a verifier every piece counts as 1."""

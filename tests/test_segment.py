@@ -280,6 +280,9 @@ def test_digits_touching_across_a_wall_get_cut_variants(tmpl: Template, digits: 
     for s in splits:
         assert sorted(c.position for c in variants if c.split == s) == [1, 2]
         assert not any(c.empty for c in variants if c.split == s)
+    # Cut variants (and only they) are also drawn at field scale for the piece verifier.
+    assert all(c.piece is not None and c.piece.shape == (28, 28) for c in variants)
+    assert all(c.piece is None for c in crops if c.group == 0)
     ink = [c for c in crops if not c.empty]
     probs = np.full((len(ink), 10), 0.01)
     best = max(splits)  # make the last variant the confident one
