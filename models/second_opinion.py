@@ -44,8 +44,8 @@ from models.weights import (
 from pipeline.errors import ModelError
 
 # Crops whose primary confidence is below this get the second opinion. On the 200
-# development pages (seed 4242) that is 6 % of the crops, and the review rate it gives
-# (11.8 % at equal accepted-field error) is within 0.3 points of asking for every crop.
+# development pages (seed 4242) that is 6 % of the crops, and the review rate it gives is
+# within 0.3 points of asking about every crop (docs/BENCHMARKS.md, session 5).
 SECOND_OPINION_BELOW = 0.99
 PAIRED_FOR = "second_opinion_for"
 PAIR_TEMPERATURE = "pair_temperature"
@@ -104,10 +104,8 @@ def load_reader(model: str | Path | None = "default", second: str | Path | None 
     primary_path = resolve_weights(model)
     primary = Predictor.load(primary_path, device=device, batch_size=batch_size)
     spec = "none" if second is None else str(second)
-    if spec == "none":
-        return primary
-    second_path = SECOND_WEIGHTS if spec == "auto" else Path(spec)
-    if spec == "auto" and not second_path.is_file():
+    second_path = second_weights(spec)
+    if second_path is None:
         return primary
     pair_t = paired_temperature(second_path, file_sha256(primary_path))
     if pair_t is None:
@@ -120,6 +118,16 @@ def load_reader(model: str | Path | None = "default", second: str | Path | None 
         )
     return SecondOpinion(primary, Predictor.load(second_path, device=device,
                                                  batch_size=batch_size), pair_t)
+
+
+def second_weights(spec: str) -> Path | None:
+    """The second model file ``spec`` names: ``"auto"`` = the shipped one (None when it is
+    not installed), ``"none"`` = None, else the path (which must exist)."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return SECOND_WEIGHTS if SECOND_WEIGHTS.is_file() else None
+    return resolve_weights(spec)
 
 
 def paired_temperature(second_path: str | Path, primary_sha256: str) -> float | None:
@@ -161,10 +169,10 @@ def pair(primary: Path, second: Path, out: Path, data: str = "mnist") -> dict[st
     pixels = torch.from_numpy(np.ascontiguousarray(ds.images[va_idx]))
     labels = torch.from_numpy(ds.labels[va_idx].astype(np.int64))
     p1 = Predictor.load(primary, device="cpu", batch_size=1000)
-    p2 = Predictor.load(second, device="cpu", batch_size=1000)
+    model, contract = load_model(second)
+    p2 = Predictor(model, contract, device="cpu", batch_size=1000)
     mean = (torch.log_softmax(p1.logits(pixels), 1) + torch.log_softmax(p2.logits(pixels), 1)) / 2
     t = fit_temperature(mean, labels)
-    model, contract = load_model(second)
     sha = file_sha256(primary)
     contract = contract.with_(extra={**contract.extra, PAIRED_FOR: sha,
                                      PAIR_TEMPERATURE: f"{t:.6f}"})

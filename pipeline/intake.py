@@ -22,7 +22,6 @@ Plain functions (no Prefect) used by ``flows/nightly.py``:
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -314,15 +313,6 @@ _MODELS: dict[tuple[str, str, str, str, str, int], object] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def model_sha256(path: Path) -> str:
-    """SHA-256 of a weights file (part of the per-process model cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cached_predictor(model: str, device: str = "auto", batch_size: int = 256,
                      second: str = "auto") -> object:
     """The reader for ``model`` (with its ``second`` opinion, see models.second_opinion),
@@ -331,14 +321,13 @@ def cached_predictor(model: str, device: str = "auto", batch_size: int = 256,
     A Dask worker runs many chunk tasks: loading the weights per task would cost more than
     a small chunk. Replacing a weights file changes its hash, so the next task loads it.
     """
-    from models.second_opinion import load_reader
-    from models.weights import SECOND_WEIGHTS, resolve_weights
+    from models.second_opinion import load_reader, second_weights
+    from models.weights import file_sha256, resolve_weights
 
     path = resolve_weights(model)
-    other = SECOND_WEIGHTS if second == "auto" else Path(second)
-    other_key = (str(other), model_sha256(other)) if second != "none" and other.is_file() \
-        else (second, "")
-    key = (os.path.abspath(path), model_sha256(path), *other_key, device, batch_size)
+    other = second_weights(second)
+    other_key = (str(other), file_sha256(other)) if other else (second, "")
+    key = (os.path.abspath(path), file_sha256(path), *other_key, device, batch_size)
     with _MODELS_LOCK:
         hit = _MODELS.get(key)
         if hit is None:
