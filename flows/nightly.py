@@ -43,7 +43,7 @@ from pipeline.looks import first_look  # noqa: E402
 from pipeline.plan import Plan, WorkItem  # noqa: E402
 from pipeline.run import RunContext, begin, finish, process_chunk  # noqa: E402
 from pipeline.settings import RunSettings  # noqa: E402
-from pipeline.store import read_table  # noqa: E402
+from pipeline.store import read_arrow  # noqa: E402
 
 FLOW_NAME = "process-scan-folder"
 # Pages per chunk task. Locally each chunk starts its own DataLoader workers, so chunks
@@ -277,9 +277,11 @@ def _update_cache(ctx: RunContext, sel: intake.Selection, ok_items: Sequence[Wor
 
 def _publish(result: dict[str, Any], out: Path) -> None:
     """Markdown summary and a table of the least confident fields sent to review."""
-    errors = read_table(out, "errors")
-    errors = errors[errors["run_id"] == result["run_id"]] if not errors.empty else errors
-    by_type = errors["error_type"].value_counts().to_dict() if not errors.empty else {}
+    errors = read_arrow(out, "errors").to_pydict()
+    by_type: dict[str, int] = {}
+    for rid, kind in zip(errors["run_id"], errors["error_type"], strict=True):
+        if rid == result["run_id"]:
+            by_type[kind] = by_type.get(kind, 0) + 1
     key = FLOW_NAME
     create_markdown_artifact(markdown=summary_markdown(result, by_type), key=key,
                              description="formdigits nightly run summary")
@@ -294,25 +296,29 @@ REVIEW_COLUMNS = ("confidence", "source", "page", "template_id", "field", "value
 
 
 def lowest_confidence_reviews(out: Path, run_id: str, limit: int = 25) -> list[dict[str, Any]]:
-    """The ``limit`` needs_review fields of ``run_id`` with the lowest confidence."""
-    f = read_table(out, "fields")
-    if f.empty:
-        return []
-    f = f[(f["run_id"] == run_id) & (f["status"] == "needs_review")]
-    f = f.sort_values(["confidence", "source", "page", "field"], kind="stable").head(limit)
-    cols = [c for c in REVIEW_COLUMNS if c in f.columns]
-    rows = []
-    for r in f[cols].to_dict("records"):
-        rows.append({k: _cell(v) for k, v in r.items()})
-    return rows
+    """The ``limit`` needs_review fields of ``run_id`` with the lowest confidence.
+
+    Plain Arrow rows: the flow never imports pandas (see :func:`pipeline.store.read_arrow`).
+    """
+    f = read_arrow(out, "fields")
+    cols = [c for c in REVIEW_COLUMNS if c in f.column_names]
+    keep = [c for c in ("run_id", "status", *cols) if c in f.column_names]
+    rows = [r for r in f.select(keep).to_pylist()
+            if r["run_id"] == run_id and r["status"] == "needs_review"]
+    rows.sort(key=lambda r: tuple(_last_if_missing(r[c])
+                                  for c in ("confidence", "source", "page", "field")))
+    return [{k: _cell(r[k]) for k in cols} for r in rows[:limit]]
+
+
+def _last_if_missing(v: Any) -> tuple[bool, Any]:
+    """A sort key that puts missing values (None, NaN) last, as pandas' sort does."""
+    return (True, 0) if v is None or v != v else (False, v)
 
 
 def _cell(v: Any) -> Any:
     """A JSON-friendly table cell (lists joined, missing values empty, floats rounded)."""
     if isinstance(v, float):
         return "" if v != v else round(v, 4)
-    if hasattr(v, "tolist"):
-        v = v.tolist()
     if isinstance(v, (list, tuple)):
         return ", ".join(str(x) for x in v)
     return "" if v is None else v if isinstance(v, (int, str)) else str(v)
