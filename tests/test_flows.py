@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from flows import nightly
+from flows import cli_flow, nightly
 from pipeline import intake
 from pipeline.errors import FormdigitsError, UsageError
 from pipeline.run import process
@@ -280,6 +280,19 @@ def test_retry_condition_only_for_transient_errors() -> None:
 
     assert cond(OSError(errno.EIO, "io")) and cond(TimeoutError(errno.ETIMEDOUT, "t"))
     assert not cond(ValueError("bug")) and not cond(PermissionError(errno.EACCES, "no"))
+
+
+def test_ephemeral_server_env_saves_start_up_but_user_settings_win() -> None:
+    env = cli_flow.ephemeral_server_env({"HOME": "/x"})
+    assert env["PREFECT_API_BLOCKS_REGISTER_ON_START"] == "false"
+    assert env["PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION"] == "false"
+    assert env["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "false"
+    assert env["HOME"] == "/x" and env["PREFECT__SERVER_EPHEMERAL"] == "1"
+    mine = cli_flow.ephemeral_server_env({"PREFECT_API_BLOCKS_REGISTER_ON_START": "true",
+                                          "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "1"})
+    assert mine["PREFECT_API_BLOCKS_REGISTER_ON_START"] == "true"
+    assert "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION" not in mine  # registering: memo helps
+    assert mine["PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"] == "1"
 
 
 def test_cli_flow_command(fakes: None, scans: Path, tmp_path: Path,

@@ -213,9 +213,12 @@ def test_lock_is_released_when_the_run_is_killed_despite_forked_children(
         import os, sys, time
         from pipeline.store import OutputStore
         store = OutputStore({str(tmp_path / "out")!r}, "r1")
+        r, w = os.pipe()
         if os.fork() == 0:
+            os.write(w, b"1")  # fork() has returned here: the at-fork handlers have run
             time.sleep(60)
             os._exit(0)
+        os.read(r, 1)  # (on a busy machine the child may not have run at all yet)
         print("locked", flush=True)
         time.sleep(60)
     """)

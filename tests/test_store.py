@@ -13,7 +13,14 @@ import pytest
 from pipeline import records, schema, store
 from pipeline.errors import OutputError, OutputLockedError
 from pipeline.records import ErrorRecord, PageRecord
-from pipeline.store import FileEntry, OutputStore, PendingCommit, append_part, read_table
+from pipeline.store import (
+    FileEntry,
+    OutputStore,
+    PendingCommit,
+    append_part,
+    read_arrow,
+    read_table,
+)
 
 
 def _page(sha: str, page: int, run_id: str = "r") -> dict[str, object]:
@@ -105,6 +112,20 @@ def test_reprocessing_supersedes_older_rows(tmp_path: Path) -> None:
     df = read_table(tmp_path, "pages")
     got = sorted(zip(df.file_sha256, df.page, df.run_id, strict=True))
     assert got == [("aaa", 0, "run2"), ("bbb", 0, "run1"), ("bbb", 1, "run1")]
+
+
+def test_read_arrow_is_read_table_without_pandas(tmp_path: Path) -> None:
+    with OutputStore(tmp_path, "run1") as st:
+        st.commit(_pending("aaa", "bbb", run_id="run1"))
+    with OutputStore(tmp_path, "run2") as st:
+        st.commit(_pending("aaa", pages=1, run_id="run2"))
+    for name in ("pages", "manifest"):
+        want = read_table(tmp_path, name)
+        got = read_arrow(tmp_path, name)
+        assert got.num_rows == len(want) > 0
+        assert got.to_pydict()["file_sha256"] == list(want.file_sha256)
+    with pytest.raises(ValueError, match="corrections"):
+        read_arrow(tmp_path, "corrections")  # appended tables are read with pandas only
 
 
 def test_reused_file_name_keeps_both_documents(tmp_path: Path) -> None:
