@@ -286,12 +286,12 @@ def _started(loader: DataLoader[PageWork]) -> Iterator[PageWork]:
     """``iter(loader)``, which forks its workers, with this process's heap frozen meanwhile.
 
     A forked worker shares this process's memory until it writes to it, and a garbage
-    collection in the worker writes to every object it inspects (its GC header). With
-    torch, Prefect and pydantic loaded that is hundreds of thousands of objects, so each
-    worker's first full collections copied most of the parent's heap: 4 s more worker
-    CPU per 500 pages under ``formdigits flow``. Objects frozen at the fork are never
-    inspected by the children's collections (the recipe of :func:`gc.freeze`'s docs);
-    the parent unfreezes them at once, so its own collections are unchanged.
+    collection in the worker writes to every object it inspects (its GC header), copying
+    the page that holds it. Objects frozen at the fork are never inspected by the
+    children's collections (the recipe in :func:`gc.freeze`'s docs); the parent unfreezes
+    them at once, so its own collections are unchanged. Measured on a 500-page run with 2
+    workers: the workers' minor page faults fell by 7 % (201k -> 187k, 215k -> 201k in two
+    A/B pairs); their CPU time and the wall time did not change beyond this machine's noise.
     """
     gc.freeze()
     try:
