@@ -300,19 +300,14 @@ def lowest_confidence_reviews(out: Path, run_id: str, limit: int = 25) -> list[d
 
     Plain Arrow rows: the flow never imports pandas (see :func:`pipeline.store.read_arrow`).
     """
+    import pyarrow.compute as pc
+
     f = read_arrow(out, "fields")
+    f = f.filter(pc.and_(pc.equal(f["run_id"], run_id), pc.equal(f["status"], "needs_review")))
+    # Arrow sorts NaN and missing values last, as pandas does.
+    f = f.sort_by([(c, "ascending") for c in ("confidence", "source", "page", "field")])
     cols = [c for c in REVIEW_COLUMNS if c in f.column_names]
-    keep = [c for c in ("run_id", "status", *cols) if c in f.column_names]
-    rows = [r for r in f.select(keep).to_pylist()
-            if r["run_id"] == run_id and r["status"] == "needs_review"]
-    rows.sort(key=lambda r: tuple(_last_if_missing(r[c])
-                                  for c in ("confidence", "source", "page", "field")))
-    return [{k: _cell(r[k]) for k in cols} for r in rows[:limit]]
-
-
-def _last_if_missing(v: Any) -> tuple[bool, Any]:
-    """A sort key that puts missing values (None, NaN) last, as pandas' sort does."""
-    return (True, 0) if v is None or v != v else (False, v)
+    return [{k: _cell(v) for k, v in r.items()} for r in f.select(cols).slice(0, limit).to_pylist()]
 
 
 def _cell(v: Any) -> Any:
