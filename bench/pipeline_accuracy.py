@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
@@ -43,6 +44,11 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path, second: str = "a
 
     result = score_results(out, scans / "truth")
     result.update(threshold_sweep(out, scans / "truth"))
+    from bench.clean_floor import clean_floor
+
+    # The same fields written with clean MNIST test digits: what the digit model alone
+    # costs in review, so the rest is known to come from scanning and segmentation.
+    result["clean_floor"] = clean_floor(scans / "truth", model, second)
     result["synth_seconds"] = round(t1 - t0, 1)
     result["run_seconds"] = round(t2 - t1, 1)
     result["model"] = model
@@ -108,6 +114,9 @@ def markdown(r: dict[str, object], cmd: str) -> str:
                       f"{x['accepted_error']:.4f} |" for x in sw)
     rr = r["review_reasons"]
     assert isinstance(rr, dict)
+    floor = r.get("clean_floor")
+    assert floor is None or isinstance(floor, dict)
+    floor_text = "" if floor is None else _floor_text(floor, sw, r)
     reasons = "\n".join(f"| {k} | {v} |" for k, v in rr.items())
     return f"""## Pipeline accuracy (issue 5)
 
@@ -140,7 +149,7 @@ the threshold and nothing else doubts it; rates over non-empty fields):
 |---|---|---|
 {sweep}
 
-Why fields went to review at the default threshold (a field may have several reasons):
+{floor_text}Why fields went to review at the default threshold (a field may have several reasons):
 
 | kind: reason | fields |
 |---|---|
@@ -155,6 +164,30 @@ Risk–coverage by confidence alone (fields accepted vs. wrong among accepted):
 ```
 {cmd}
 ```
+"""
+
+
+def _floor_text(floor: dict[str, Any], sweep: list[dict[str, Any]], r: dict[str, Any]
+                ) -> str:
+    """The clean-digit floor paragraph and table (bench.clean_floor)."""
+    from bench.clean_floor import markdown as floor_table
+
+    at = next((x for x in floor["by_threshold"] if abs(x["threshold"] - 0.95) < 1e-9), None)
+    head = ""
+    if at is not None:
+        head = (f"At the default threshold the clean digits give a review rate of "
+                f"**{at['review_rate']:.4f}** over all fields (the pipeline: "
+                f"{r['review_rate']:.4f}) at an accepted-field error of "
+                f"{at['accepted_error']:.4f}; the difference is what scanning and "
+                "segmentation add. ")
+    return f"""The digit model alone (`bench.clean_floor`): the same {floor['fields']} fields,
+values and rules, every digit written with a random MNIST test image of it as MNIST ships
+it (no page, scan or segmentation), read by the same reader and decided by the same
+`decide_field`; mean of {floor['draws']} draws ({floor['digits']} digits each; digit
+accuracy {floor['digit_accuracy']:.4f}, {100 * floor['digits_below_0.99']:.1f} % of the
+digits below 0.99 confidence). {head}Rates over written fields, as in the sweep:
+
+{floor_table(floor, sweep)}
 """
 
 

@@ -103,3 +103,25 @@ def test_no_train_keeps_previous_training_rows():
     assert kept == {"train_seconds_to_995": 69.4, "train_history": [{"epoch": 1}],
                     "train_measured_utc": "2026-11-25 22:23"}
     assert previous_training({"ratio_to_decode": 0.3}) == {}
+
+
+def test_clean_floor_reads_the_truth_fields_with_clean_digits(mnist_dir, tmp_path):
+    """The floor reads every truth value with MNIST test digits, empty fields included."""
+    import json
+
+    from bench.clean_floor import THRESHOLDS, clean_floor, markdown
+
+    page = {"page": 0, "template": "survey", "fields": {
+        "postcode": {"value": "7569"}, "persons": {"value": "08"},
+        "year_of_birth_partner": {"value": ""}}}
+    (tmp_path / "a.json").write_text(json.dumps({"file": "a.png", "pages": [page]}))
+    r = clean_floor(tmp_path, draws=2, seed=3)
+    assert (r["fields"], r["written_fields"], r["digits"], r["draws"]) == (3, 2, 6, 2)
+    assert r["digit_accuracy"] >= 5 / 6
+    rates = [x["review_rate"] for x in r["by_threshold"]]
+    assert [x["threshold"] for x in r["by_threshold"]] == list(THRESHOLDS)
+    assert rates == sorted(rates)  # a stricter threshold never reviews fewer fields
+    assert all(0 <= x <= 2 / 3 for x in rates)  # the empty field is never reviewed
+    assert all(len(x["review_rate_each"]) == 2 for x in r["by_threshold"])
+    assert "| 0.95 |" in markdown(r, [{"threshold": 0.95, "review_rate": 0.1,
+                                        "accepted_error": 0.0}])
