@@ -64,12 +64,13 @@ def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
     rng = np.random.default_rng(seed)
     runs: dict[float, list[tuple[float, float, float]]] = {t: [] for t in THRESHOLDS}
     written = sum(1 for *_, v in fields if v)
-    digit_acc, digit_below = [], []
+    digit_acc, digit_below, digit_unsure = [], [], []
     for _ in range(draws):
         idx = np.array([rng.choice(by_class[d]) for d in want], np.int64)
         probs = reader.predict_proba(test.images[idx]) if len(idx) else np.zeros((0, 10))
         digit_acc.append(float((probs.argmax(1) == want).mean()))
         digit_below.append(float((probs.max(1) < 0.99).mean()))
+        digit_unsure.append(float((probs.max(1) < 0.95).mean()))
         for t in THRESHOLDS:
             review = accepted = wrong = 0
             at = 0
@@ -89,6 +90,7 @@ def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
         "draws": draws, "seed": seed, "model": model, "second_opinion": second,
         "digit_accuracy": float(np.mean(digit_acc)),
         "digits_below_0.99": float(np.mean(digit_below)),
+        "digits_below_0.95": float(np.mean(digit_unsure)),
         "by_threshold": [
             {"threshold": t, "review_rate": float(np.mean([r for r, _, _ in v])),
              "review_rate_nonempty": float(np.mean([r for _, r, _ in v])),

@@ -49,6 +49,7 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path, second: str = "a
     # The same fields written with clean MNIST test digits: what the digit model alone
     # costs in review, so the rest is known to come from scanning and segmentation.
     result["clean_floor"] = clean_floor(scans / "truth", model, second)
+    result["by_dpi"] = by_dpi(out, scans / "truth")
     result["synth_seconds"] = round(t1 - t0, 1)
     result["run_seconds"] = round(t2 - t1, 1)
     result["model"] = model
@@ -93,6 +94,40 @@ def threshold_sweep(out: Path, truth_dir: Path) -> dict[str, object]:
     return {"threshold_sweep": sweep, "review_reasons": dict(reasons.most_common())}
 
 
+DPI_BANDS = ((0, 200), (200, 250), (250, 275), (275, 10_000))
+
+
+def by_dpi(out: Path, truth_dir: Path) -> list[dict[str, object]]:
+    """Review rate and unsure digits (< 0.95) by the scan's dpi band (boxed fields only for
+    the digits: a string's unsure cut pieces are a segmentation matter)."""
+    from pipeline.score import load_truth
+    from pipeline.store import read_table
+
+    dpi = {(stem, page): int(tp.get("dpi") or 0)
+           for (stem, page), tp in load_truth(truth_dir).items()}
+    fields, digits = read_table(out, "fields"), read_table(out, "digits")
+    kind = {(s, int(p), f): k for s, p, f, k in zip(
+        fields.source, fields.page, fields.field, fields.kind, strict=True)}
+
+    def band(source: str, page: int) -> int:
+        d = dpi.get((Path(source).stem, page), 0)
+        return next(i for i, (lo, hi) in enumerate(DPI_BANDS) if lo <= d < hi)
+
+    rows = []
+    for i, (lo, hi) in enumerate(DPI_BANDS):
+        f = [st for s, p, st in zip(fields.source, fields.page, fields.status, strict=True)
+             if band(str(s), int(p)) == i]
+        c = [float(c) for s, p, fl, c in zip(digits.source, digits.page, digits.field,
+                                              digits.confidence, strict=True)
+             if band(str(s), int(p)) == i and kind.get((s, int(p), fl)) != "string"]
+        label = f"< {hi}" if lo == 0 else f"{lo}–{hi - 1}" if hi < 10_000 else f"≥ {lo}"
+        rows.append({"dpi": label, "fields": len(f),
+                     "review_rate": sum(x == "needs_review" for x in f) / max(len(f), 1),
+                     "boxed_digits": len(c),
+                     "unsure_digits": sum(x < 0.95 for x in c) / max(len(c), 1)})
+    return rows
+
+
 def markdown(r: dict[str, object], cmd: str) -> str:
     """The BENCHMARKS.md section."""
     rc = r["risk_coverage"]
@@ -117,6 +152,10 @@ def markdown(r: dict[str, object], cmd: str) -> str:
     floor = r.get("clean_floor")
     assert floor is None or isinstance(floor, dict)
     floor_text = "" if floor is None else _floor_text(floor, sw, r)
+    dpi_rows = r.get("by_dpi")
+    assert dpi_rows is None or isinstance(dpi_rows, list)
+    if dpi_rows:
+        floor_text += _dpi_text(dpi_rows, floor)
     reasons = "\n".join(f"| {k} | {v} |" for k, v in rr.items())
     return f"""## Pipeline accuracy (issue 5)
 
@@ -188,6 +227,22 @@ accuracy {floor['digit_accuracy']:.4f}, {100 * floor['digits_below_0.99']:.1f} %
 digits below 0.99 confidence). {head}Rates over written fields, as in the sweep:
 
 {floor_table(floor, sweep)}
+"""
+
+
+def _dpi_text(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> str:
+    """Review rate and unsure boxed digits by scan resolution."""
+    clean = ("" if floor is None else
+             f" (clean MNIST test digits, same reader: {floor['digits_below_0.95']:.4f})")
+    body = "\n".join(f"| {x['dpi']} | {x['fields']} | {x['review_rate']:.4f} | "
+                     f"{x['boxed_digits']} | {x['unsure_digits']:.4f} |" for x in rows)
+    return f"""By the scan's resolution (pages are scanned at 150–300 dpi): review rate, and the
+share of digits of boxed fields read below 0.95{clean}:
+
+| dpi | fields | review rate | boxed digits | below 0.95 |
+|---|---|---|---|---|
+{body}
+
 """
 
 

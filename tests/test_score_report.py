@@ -166,3 +166,17 @@ def _app() -> typer.Typer:
     app = typer.Typer()
     register(app)
     return app
+
+
+def test_bench_by_dpi_counts_fields_and_unsure_boxed_digits(scored: tuple[Path, Path]) -> None:
+    """All truth pages are 200 dpi: every field falls in that band, string digits do not count."""
+    from bench.pipeline_accuracy import by_dpi
+
+    out, truth = scored
+    rows = {r["dpi"]: r for r in by_dpi(out, truth)}
+    assert rows["200–249"]["fields"] == 6
+    assert rows["200–249"]["review_rate"] == pytest.approx(3 / 6)
+    # zip f1 (5 at 0.99), parcels f1 (0.9, 0.8), zip f3 (4 at 0.9); the amounts are strings.
+    assert rows["200–249"]["boxed_digits"] == 11
+    assert rows["200–249"]["unsure_digits"] == pytest.approx(6 / 11)
+    assert all(r["fields"] == 0 for k, r in rows.items() if k != "200–249")
