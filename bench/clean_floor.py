@@ -11,7 +11,15 @@ same threshold). So its review rate and accepted-field error are what the pipeli
 give with perfect scanning and segmentation: a floor that only a better digit model can
 lower.
 
-    python -m bench.clean_floor --truth SCANS/truth [--draws 5] [--seed 0] [--json]
+``--render`` inserts the synthetic handwriting between the two: each MNIST image is written
+as :mod:`pipeline.handwriting` writes it onto a form (a random pen's stroke width and
+slant, the digit's size in its box, a squeeze in a narrow box) at the fill resolution,
+shrunk to the working resolution and normalized like a crop, still without a page, scan
+or segmentation. The step from the clean to the rendered floor is what the writers'
+variation costs; the step from the rendered floor to the pipeline is what scanning and
+segmentation cost.
+
+    python -m bench.clean_floor --truth SCANS/truth [--render] [--draws 5] [--seed 0] [--json]
 
 ``bench.pipeline_accuracy`` runs it on its own pages and reports it beside the pipeline.
 """
@@ -38,8 +46,35 @@ def _truth_fields(truth_dir: Path) -> list[tuple[str, str, str]]:
             for name, tf in tp.get("fields", {}).items()]
 
 
+def _rendered(src: np.ndarray, f: Any, rng: np.random.Generator) -> np.ndarray:
+    """One MNIST image written as the synthetic forms write it in field ``f``, as a crop."""
+    import cv2
+
+    from pipeline.handwriting import FILL_DPI, sample_pen
+    from pipeline.handwriting import ink_patch as write
+    from pipeline.normalize import normalize_digit
+    from pipeline.templates import WORK_DPI
+
+    ys, xs = np.nonzero(src > 30)
+    digit = src[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0
+    _, _, w_mm, h_mm = f.boxes_mm()[0]
+    k = FILL_DPI / 25.4
+    string = f.kind == "string"
+    # Sizes as pipeline.handwriting.write_boxes / layout_string draw them.
+    patch = write(digit, h_mm * k * (rng.uniform(0.5, 0.8) if string else
+                                     rng.uniform(0.6, 0.95)), sample_pen(rng, False), rng)
+    cols = np.nonzero(patch.max(axis=0) > 0.1)[0]
+    ink_w = int(cols[-1] - cols[0] + 1) if cols.size else patch.shape[1]
+    if not string and ink_w > 0.95 * w_mm * k:  # narrow box: written narrower
+        patch = cv2.resize(patch, None, fx=0.95 * w_mm * k / ink_w, fy=1.0,
+                           interpolation=cv2.INTER_AREA)
+    f_work = WORK_DPI / FILL_DPI
+    small = cv2.resize(patch, None, fx=f_work, fy=f_work, interpolation=cv2.INTER_AREA)
+    return normalize_digit(np.clip(small * 255.0, 0, 255).astype(np.uint8))
+
+
 def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
-                draws: int = DRAWS, seed: int = 0) -> dict[str, Any]:
+                draws: int = DRAWS, seed: int = 0, render: bool = False) -> dict[str, Any]:
     """Review rate and accepted-field error of the truth's fields written with clean digits.
 
     ``review_rate`` is over all fields (empty ones included, as ``formdigits score`` counts
@@ -61,13 +96,18 @@ def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
     reader = load_reader(model, second, device="cpu", batch_size=1024)
     values = "".join(v for *_, v in fields)
     want = np.array([int(c) for c in values], np.int64)
+    owner = [spec[(t, n)] for t, n, v in fields for _ in v]  # each digit's field
     rng = np.random.default_rng(seed)
     runs: dict[float, list[tuple[float, float, float]]] = {t: [] for t in THRESHOLDS}
     written = sum(1 for *_, v in fields if v)
     digit_acc, digit_below, digit_unsure = [], [], []
     for _ in range(draws):
         idx = np.array([rng.choice(by_class[d]) for d in want], np.int64)
-        probs = reader.predict_proba(test.images[idx]) if len(idx) else np.zeros((0, 10))
+        images = test.images[idx]
+        if render:
+            images = np.stack([_rendered(im, f, rng) for im, f in zip(images, owner,
+                                                                     strict=True)])
+        probs = reader.predict_proba(images) if len(idx) else np.zeros((0, 10))
         digit_acc.append(float((probs.argmax(1) == want).mean()))
         digit_below.append(float((probs.max(1) < 0.99).mean()))
         digit_unsure.append(float((probs.max(1) < 0.95).mean()))
@@ -87,7 +127,7 @@ def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
                              wrong / max(accepted, 1)))
     return {
         "fields": len(fields), "written_fields": written, "digits": len(want),
-        "draws": draws, "seed": seed, "model": model, "second_opinion": second,
+        "draws": draws, "seed": seed, "render": render, "model": model, "second_opinion": second,
         "digit_accuracy": float(np.mean(digit_acc)),
         "digits_below_0.99": float(np.mean(digit_below)),
         "digits_below_0.95": float(np.mean(digit_unsure)),
@@ -102,23 +142,27 @@ def clean_floor(truth_dir: Path, model: str = "default", second: str = "auto",
     }
 
 
-def markdown(floor: dict[str, Any], pipeline_sweep: list[dict[str, Any]] | None = None
-             ) -> str:
-    """A table of the floor per threshold (beside the pipeline's sweep, when given); review
-    rates over written fields, as the sweep counts them."""
+def markdown(floors: dict[str, dict[str, Any]],
+             pipeline_sweep: list[dict[str, Any]] | None = None) -> str:
+    """A table of the floors per threshold (``{name: clean_floor result}``), beside the
+    pipeline's sweep when given; review rates over written fields, as the sweep counts them
+    (each floor's review rate with its range over the draws)."""
     pipe = {round(x["threshold"], 2): x for x in pipeline_sweep or []}
+    names = list(floors)
+    head = "| threshold | " + " | ".join(f"{n}: review rate | {n}: accepted error"
+                                          for n in [*names, "pipeline"]) + " |\n"
     rows = []
-    for x in floor["by_threshold"]:
-        each = x["review_rate_nonempty_each"]
-        r = (f"| {x['threshold']:.2f} | {x['review_rate_nonempty']:.4f} "
-             f"({min(each):.4f}–{max(each):.4f}) | "
-             f"{x['accepted_error']:.4f} |")
-        p = pipe.get(round(x["threshold"], 2))
-        rows.append(r + (f" {p['review_rate']:.4f} | {p['accepted_error']:.4f} |" if p
-                         else " – | – |"))
-    return ("| threshold | clean digits: review rate (range over draws) | clean digits: "
-            "accepted error | pipeline: review rate | pipeline: accepted error |\n"
-            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    for i, t in enumerate(THRESHOLDS):
+        cells = []
+        for n in names:
+            x = floors[n]["by_threshold"][i]
+            each = x["review_rate_nonempty_each"]
+            cells.append(f"{x['review_rate_nonempty']:.4f} ({min(each):.4f}–{max(each):.4f}) "
+                         f"| {x['accepted_error']:.4f}")
+        p = pipe.get(round(t, 2))
+        cells.append(f"{p['review_rate']:.4f} | {p['accepted_error']:.4f}" if p else "– | –")
+        rows.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
+    return head + "|---" * (1 + 2 * (len(names) + 1)) + "|\n" + "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--second-opinion", default="auto")
     ap.add_argument("--draws", type=int, default=DRAWS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true",
+                    help="write the digits with the synthetic handwriting first")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = clean_floor(a.truth, a.model, a.second_opinion, a.draws, a.seed)
-    print(json.dumps(r, indent=2) if a.json else markdown(r))
+    r = clean_floor(a.truth, a.model, a.second_opinion, a.draws, a.seed, a.render)
+    print(json.dumps(r, indent=2) if a.json else markdown({"floor": r}))
 
 
 if __name__ == "__main__":

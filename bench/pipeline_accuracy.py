@@ -49,6 +49,8 @@ def run_bench(pages: int, seed: int, model: str, workdir: Path, second: str = "a
     # The same fields written with clean MNIST test digits: what the digit model alone
     # costs in review, so the rest is known to come from scanning and segmentation.
     result["clean_floor"] = clean_floor(scans / "truth", model, second)
+    # ... and with the synthetic handwriting (pens, slant, size) but no scan or segmentation.
+    result["rendered_floor"] = clean_floor(scans / "truth", model, second, render=True)
     result["by_dpi"] = by_dpi(out, scans / "truth")
     result["synth_seconds"] = round(t1 - t0, 1)
     result["run_seconds"] = round(t2 - t1, 1)
@@ -151,7 +153,9 @@ def markdown(r: dict[str, object], cmd: str) -> str:
     assert isinstance(rr, dict)
     floor = r.get("clean_floor")
     assert floor is None or isinstance(floor, dict)
-    floor_text = "" if floor is None else _floor_text(floor, sw, r)
+    rendered = r.get("rendered_floor")
+    assert rendered is None or isinstance(rendered, dict)
+    floor_text = "" if floor is None else _floor_text(floor, rendered, sw, r)
     dpi_rows = r.get("by_dpi")
     assert dpi_rows is None or isinstance(dpi_rows, list)
     if dpi_rows:
@@ -206,27 +210,38 @@ Risk–coverage by confidence alone (fields accepted vs. wrong among accepted):
 """
 
 
-def _floor_text(floor: dict[str, Any], sweep: list[dict[str, Any]], r: dict[str, Any]
-                ) -> str:
-    """The clean-digit floor paragraph and table (bench.clean_floor)."""
+def _floor_text(floor: dict[str, Any], rendered: dict[str, Any] | None,
+                sweep: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """The digit-model floors' paragraph and table (bench.clean_floor)."""
     from bench.clean_floor import markdown as floor_table
 
-    at = next((x for x in floor["by_threshold"] if abs(x["threshold"] - 0.95) < 1e-9), None)
-    head = ""
-    if at is not None:
-        head = (f"At the default threshold the clean digits give a review rate of "
-                f"**{at['review_rate']:.4f}** over all fields (the pipeline: "
-                f"{r['review_rate']:.4f}) at an accepted-field error of "
-                f"{at['accepted_error']:.4f}; the difference is what scanning and "
-                "segmentation add. ")
-    return f"""The digit model alone (`bench.clean_floor`): the same {floor['fields']} fields,
-values and rules, every digit written with a random MNIST test image of it as MNIST ships
-it (no page, scan or segmentation), read by the same reader and decided by the same
-`decide_field`; mean of {floor['draws']} draws ({floor['digits']} digits each; digit
-accuracy {floor['digit_accuracy']:.4f}, {100 * floor['digits_below_0.99']:.1f} % of the
-digits below 0.99 confidence). {head}Rates over written fields, as in the sweep:
+    floors = {"clean": floor, **({"rendered": rendered} if rendered else {})}
 
-{floor_table(floor, sweep)}
+    def at_default(f: dict[str, Any]) -> str:
+        x = next(x for x in f["by_threshold"] if abs(x["threshold"] - 0.95) < 1e-9)
+        return (f"**{x['review_rate']:.4f}** review at {x['accepted_error']:.4f} accepted "
+                f"error (digit accuracy {f['digit_accuracy']:.4f}, "
+                f"{100 * f['digits_below_0.95']:.1f} % of the digits below 0.95)")
+
+    lines = [f"- *clean*: {at_default(floor)};"]
+    if rendered:
+        lines.append(f"- *rendered*: {at_default(rendered)};")
+    lines.append(f"- the pipeline: **{r['review_rate']:.4f}** review at "
+                 f"{r['accepted_field_error']:.4f} (digit accuracy {r['digit_accuracy']:.4f}).")
+    summary = "\n".join(lines)
+    return f"""What the digit model alone costs (`bench.clean_floor`, same reader, same rules,
+same `decide_field`, no page): the same {floor['fields']} fields and values, each digit a
+random MNIST test image of it (mean of {floor['draws']} draws, {floor['digits']} digits
+each), *clean* = as MNIST ships it; *rendered* = first written as the synthetic forms write
+it (`pipeline.handwriting`: pen width, slant, size, squeezed in narrow boxes) and shrunk to
+the working resolution, still without scan or segmentation. At the default threshold, over
+all fields:
+
+{summary}
+
+Per threshold (rates over written fields, as in the sweep; ranges over the draws):
+
+{floor_table(floors, sweep)}
 """
 
 

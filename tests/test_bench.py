@@ -123,5 +123,28 @@ def test_clean_floor_reads_the_truth_fields_with_clean_digits(mnist_dir, tmp_pat
     assert rates == sorted(rates)  # a stricter threshold never reviews fewer fields
     assert all(0 <= x <= 2 / 3 for x in rates)  # the empty field is never reviewed
     assert all(len(x["review_rate_each"]) == 2 for x in r["by_threshold"])
-    assert "| 0.95 |" in markdown(r, [{"threshold": 0.95, "review_rate": 0.1,
-                                        "accepted_error": 0.0}])
+    table = markdown({"clean": r}, [{"threshold": 0.95, "review_rate": 0.1,
+                                     "accepted_error": 0.0}])
+    assert "| 0.95 |" in table and "pipeline: review rate" in table
+    # Rendered: the same digits written by the synthetic handwriting first, then normalized.
+    rendered = clean_floor(tmp_path, draws=1, seed=3, render=True)
+    assert rendered["render"] and rendered["digits"] == 6
+    assert rendered["digit_accuracy"] >= 4 / 6
+
+
+def test_rendered_digit_is_a_contract_crop(mnist_dir):
+    """A rendered digit is a 28x28 crop whose ink sits in the centre, as normalize makes it."""
+    import numpy as np
+
+    from bench.clean_floor import _rendered
+    from models.datasets import load_digits
+    from pipeline.templates import load_templates
+
+    field = load_templates(())[0].fields[0]
+    img = _rendered(load_digits("mnist", "test").images[0], field, np.random.default_rng(0))
+    assert img.shape == (28, 28) and img.dtype == np.uint8
+    ys, xs = np.nonzero(img)
+    assert img.max() > 200 and ys.min() >= 2 and ys.max() <= 25
+    w = img.astype(float)
+    cy, cx = (w.sum(1) @ np.arange(28)) / w.sum(), (w.sum(0) @ np.arange(28)) / w.sum()
+    assert abs(cy - 13.5) < 1.5 and abs(cx - 13.5) < 1.5
