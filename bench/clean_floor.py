@@ -50,24 +50,18 @@ def _rendered(src: np.ndarray, f: Any, rng: np.random.Generator) -> np.ndarray:
     """One MNIST image written as the synthetic forms write it in field ``f``, as a crop."""
     import cv2
 
-    from pipeline.handwriting import FILL_DPI, sample_pen
-    from pipeline.handwriting import ink_patch as write
+    from pipeline.handwriting import FILL_DPI, box_patch, ink_patch, sample_pen
     from pipeline.normalize import normalize_digit
     from pipeline.templates import WORK_DPI
 
     ys, xs = np.nonzero(src > 30)
     digit = src[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0
-    _, _, w_mm, h_mm = f.boxes_mm()[0]
     k = FILL_DPI / 25.4
-    string = f.kind == "string"
-    # Sizes as pipeline.handwriting.write_boxes / layout_string draw them.
-    patch = write(digit, h_mm * k * (rng.uniform(0.5, 0.8) if string else
-                                     rng.uniform(0.6, 0.95)), sample_pen(rng, False), rng)
-    cols = np.nonzero(patch.max(axis=0) > 0.1)[0]
-    ink_w = int(cols[-1] - cols[0] + 1) if cols.size else patch.shape[1]
-    if not string and ink_w > 0.95 * w_mm * k:  # narrow box: written narrower
-        patch = cv2.resize(patch, None, fx=0.95 * w_mm * k / ink_w, fy=1.0,
-                           interpolation=cv2.INTER_AREA)
+    _, _, w, h = (v * k for v in f.boxes_mm()[0])
+    pen = sample_pen(rng, False)
+    # A string field's digit height as pipeline.handwriting.layout_string draws it.
+    patch = (ink_patch(digit, h * rng.uniform(0.5, 0.8), pen, rng) if f.kind == "string"
+             else box_patch(digit, w, h, pen, rng))
     f_work = WORK_DPI / FILL_DPI
     small = cv2.resize(patch, None, fx=f_work, fy=f_work, interpolation=cv2.INTER_AREA)
     return normalize_digit(np.clip(small * 255.0, 0, 255).astype(np.uint8))

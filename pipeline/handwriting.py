@@ -144,16 +144,24 @@ def write_boxes(page: np.ndarray, f: FormField, boxes: list[str | None], bank: D
         if ch is None:
             continue
         x, y, w, h = _bbox_px(r, dpi)
-        patch = ink_patch(bank.pick(int(ch), rng), h * rng.uniform(0.6, 0.95), pen, rng)
-        a, b = _ink_span(patch)
-        if b - a > 0.95 * w:  # people write narrower in a narrow box
-            fx = 0.95 * w / (b - a)
-            patch = cv2.resize(patch, None, fx=fx, fy=1.0, interpolation=cv2.INTER_AREA)
+        patch = box_patch(bank.pick(int(ch), rng), w, h, pen, rng)
         dx, dy = rng.normal(0.0, 0.06 * w), rng.normal(0.0, 0.05 * h)
         if rng.random() < 0.05:  # careless writer: the digit crosses a box wall
             dx += rng.choice([-1.0, 1.0]) * 0.22 * w
             dy += rng.uniform(0.0, 0.15) * h
         composite(page, patch, x + w / 2 + dx, y + h / 2 + dy, pen.color)
+
+
+def box_patch(src: np.ndarray, box_w: float, box_h: float, pen: Pen,
+              rng: np.random.Generator) -> np.ndarray:
+    """One digit as a writer puts it in a ``box_w`` x ``box_h`` px box: 60-95 % of the box
+    height, and narrower where it would not fit the box's width (opacity patch)."""
+    patch = ink_patch(src, box_h * rng.uniform(0.6, 0.95), pen, rng)
+    a, b = _ink_span(patch)
+    if b - a > 0.95 * box_w:  # people write narrower in a narrow box
+        fx = 0.95 * box_w / (b - a)
+        patch = cv2.resize(patch, None, fx=fx, fy=1.0, interpolation=cv2.INTER_AREA)
+    return patch
 
 
 def layout_string(f: FormField, value: str, bank: DigitBank, pen: Pen,
