@@ -112,21 +112,28 @@ def by_dpi(out: Path, truth_dir: Path) -> list[dict[str, object]]:
         fields.source, fields.page, fields.field, fields.kind, strict=True)}
 
     def band(source: str, page: int) -> int:
-        d = dpi.get((Path(source).stem, page), 0)
+        d = dpi.get((Path(source).stem, int(page)), 0)
         return next(i for i, (lo, hi) in enumerate(DPI_BANDS) if lo <= d < hi)
 
+    n = len(DPI_BANDS)
+    n_fields, n_review, n_digits, n_unsure = [0] * n, [0] * n, [0] * n, [0] * n
+    for s, p, st in zip(fields.source, fields.page, fields.status, strict=True):
+        i = band(s, p)
+        n_fields[i] += 1
+        n_review[i] += st == "needs_review"
+    for s, p, fl, c in zip(digits.source, digits.page, digits.field, digits.confidence,
+                           strict=True):
+        if kind.get((s, int(p), fl)) != "string":
+            i = band(s, p)
+            n_digits[i] += 1
+            n_unsure[i] += float(c) < 0.95
     rows = []
     for i, (lo, hi) in enumerate(DPI_BANDS):
-        f = [st for s, p, st in zip(fields.source, fields.page, fields.status, strict=True)
-             if band(str(s), int(p)) == i]
-        c = [float(c) for s, p, fl, c in zip(digits.source, digits.page, digits.field,
-                                              digits.confidence, strict=True)
-             if band(str(s), int(p)) == i and kind.get((s, int(p), fl)) != "string"]
         label = f"< {hi}" if lo == 0 else f"{lo}–{hi - 1}" if hi < 10_000 else f"≥ {lo}"
-        rows.append({"dpi": label, "fields": len(f),
-                     "review_rate": sum(x == "needs_review" for x in f) / max(len(f), 1),
-                     "boxed_digits": len(c),
-                     "unsure_digits": sum(x < 0.95 for x in c) / max(len(c), 1)})
+        rows.append({"dpi": label, "fields": n_fields[i],
+                     "review_rate": n_review[i] / max(n_fields[i], 1),
+                     "boxed_digits": n_digits[i],
+                     "unsure_digits": n_unsure[i] / max(n_digits[i], 1)})
     return rows
 
 
