@@ -92,7 +92,7 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
     """Decode, register and segment one page; every failure becomes ``PageWork.error``."""
     from pipeline.ingest import load_page
     from pipeline.register import register_page
-    from pipeline.segment import segment_page
+    from pipeline.segment import read_regions, segment_page
 
     timings: dict[str, float] = {}
     stage = "decode"
@@ -104,7 +104,9 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
                          long_mm=long_mm)
         timings["decode"] = _lap(t0)
         stage, t0 = "register", time.perf_counter()
-        reg = register_page(page, templates, settings.min_registration_score)
+        # Only the field regions are warped, unless a debug picture wants the whole page.
+        reg = register_page(page, templates, settings.min_registration_score,
+                            None if settings.debug_dir else read_regions)
         timings["register"] = _lap(t0)
         stage, t0 = "segment", time.perf_counter()
         template = next(t for t in templates if t.id == reg.template_id)

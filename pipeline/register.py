@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -51,6 +51,7 @@ MAX_MARK_CANDIDATES = 10
 # not read as a known template can never reach the default min_score of 0.5.
 W_GEOM, W_CODE, W_STRUCT = 0.3, 0.4, 0.3
 MIN_FEATURE_INLIERS = 20
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in template px
 
 
 @dataclass(frozen=True)
@@ -328,8 +329,46 @@ def _score(p: _Pose, ncc: float) -> float:
     return float(min(1.0, max(0.0, s if p.code_ok else min(s, 0.45))))
 
 
+def _warp(base: np.ndarray, pose: _Pose, regions: Sequence[Region] | None) -> np.ndarray:
+    """``base`` in template px under ``pose``: the whole page, or only ``regions``."""
+    w, h = pose.ref.size_px
+    flags, white = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, 255
+    if regions is None:
+        return cv2.warpPerspective(base, pose.h_base, (w, h), flags=flags,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=white)
+    out = np.full((h, w), white, np.uint8)
+    for x0, y0, x1, y1 in regions:
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        # Region px -> template px is a shift; every output pixel is sampled on its own,
+        # so the region's pixels are those of the full warp.
+        shift = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
+        out[y0:y1, x0:x1] = cv2.warpPerspective(
+            base, pose.h_base @ shift, (x1 - x0, y1 - y0), flags=flags,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=white)
+    return out
+
+
+def _struct_warp(det: np.ndarray, base_shape: tuple[int, ...], pose: _Pose) -> np.ndarray:
+    """The detection copy warped onto the template at DET_DPI: the structure score's input.
+
+    The score compares printed structure at STRUCT_DPI, so it needs no 150-dpi warp of
+    the whole page (a quarter of the pixels; the read regions are warped separately).
+    """
+    w, h = pose.ref.size_px
+    k = DET_DPI / WORK_DPI
+    small = (max(1, round(h * k)), max(1, round(w * k)))
+    to_small = resize_matrix((h, w), small)  # template px -> DET_DPI template px
+    m = resize_matrix(base_shape, det.shape) @ pose.h_base @ np.linalg.inv(to_small)
+    return cv2.warpPerspective(det, m, (small[1], small[0]),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=255)
+
+
 def register_page(
-    page: Page, templates: Sequence[Template], min_score: float = 0.5
+    page: Page, templates: Sequence[Template], min_score: float = 0.5,
+    regions: Callable[[Template], Sequence[Region]] | None = None,
 ) -> RegisteredPage:
     """Align ``page`` to the best matching template.
 
@@ -337,6 +376,10 @@ def register_page(
         page: gray uint8 page, dark ink on light paper.
         templates: the candidate form templates.
         min_score: pages scoring lower raise :class:`RegistrationError`.
+        regions: if given, only these ``(x0, y0, x1, y1)`` template-px rectangles of the
+            matched template are warped (the rest of the image is paper white): the parts
+            segmentation reads (:func:`pipeline.segment.read_regions`), at a fraction of
+            the full warp's cost. Their pixels are the full warp's.
 
     Returns:
         The page warped into template pixels, with the template px -> source px homography.
@@ -376,19 +419,14 @@ def register_page(
             f"features found; templates tried: {names})"
         )
     poses.sort(key=lambda p: (p.code_ok, W_GEOM * p.geom + W_CODE * p.code), reverse=True)
-    best_pose, best_score, best_img = poses[0], -1.0, None
+    best_pose, best_score = poses[0], -1.0
     for p in poses[:2]:
-        w, h = p.ref.size_px
-        warped = cv2.warpPerspective(
-            base, p.h_base, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=255,
-        )
-        sc = _score(p, structure_ncc(warped, p.ref))
+        sc = _score(p, structure_ncc(_struct_warp(det, base.shape, p), p.ref))
         if sc > best_score:
-            best_pose, best_score, best_img = p, sc, warped
+            best_pose, best_score = p, sc
         if p.code_ok:
             break
-    if best_img is None or best_score < min_score:
+    if best_score < min_score:
         raise RegistrationError(
             f"page does not match any known form (best: {best_pose.ref.template.id}, "
             f"score {max(best_score, 0.0):.2f})"
@@ -398,7 +436,7 @@ def register_page(
     return RegisteredPage(
         key=page.key,
         template_id=best_pose.ref.template.id,
-        image=best_img,
+        image=_warp(base, best_pose, regions(best_pose.ref.template) if regions else None),
         homography=tuple(float(v) for v in h_src.ravel()),
         score=round(best_score, 4),
         orientation=orientation_of(h_src),

@@ -98,14 +98,27 @@ def box_piece_height(f: FormField) -> float:
     return float(round(Template.px(f.boxes_mm()[0][3]) * BOX_DIGIT_FILL / PIECE_FIELD_FILL))
 
 
-def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
-    """Binarized, wall-free ink of field ``f`` of a registered page (template px)."""
+def field_region(t: Template, f: FormField) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the template px segmentation reads for field ``f`` (its
+    bounds and a MARGIN_MM margin, clipped to the page)."""
     x, y, w, h = f.bounds_mm()
     m = MARGIN_MM
-    H, W = image.shape
+    W, H = t.size_px()
     x0, y0 = max(0, int(t.px(x - m))), max(0, int(t.px(y - m)))
     x1, y1 = min(W, int(np.ceil(t.px(x + w + m)))), min(H, int(np.ceil(t.px(y + h + m))))
-    gray = image[y0:y1, x0:x1]
+    return x0, y0, x1, y1
+
+
+def read_regions(t: Template) -> list[tuple[int, int, int, int]]:
+    """Every region segmentation reads on a page of template ``t`` (see
+    :func:`pipeline.register.register_page`'s ``regions``)."""
+    return [field_region(t, f) for f in t.fields]
+
+
+def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
+    """Binarized, wall-free ink of field ``f`` of a registered page (template px)."""
+    x0, y0, x1, y1 = field_region(t, f)
+    gray = image[y0 : min(y1, image.shape[0]), x0 : min(x1, image.shape[1])]
     boxes = [
         (round(t.px(bx)) - x0, round(t.px(by)) - y0, round(t.px(bw)), round(t.px(bh)))
         for bx, by, bw, bh in f.boxes_mm()
@@ -144,14 +157,15 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # into the wall) above the threshold and widen strokes where they cross walls.
     binary = (excess > low).astype(np.uint8)
     walls = ((raw > low) & (wall > 0) & (binary == 0)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # Labels without cv2's statistics (five times the cost of the labelling); only the
+    # areas are needed here.
+    n, labels = cv2.connectedComponents(binary, connectivity=8)
+    areas = np.bincount(labels[binary > 0], minlength=n)
+    areas[0] = binary.size - areas.sum()
     # A faint but sizeable component is a light stroke too (noise never forms big ones).
-    strong = (np.bincount(labels[ink > high], minlength=n) > 0) | (
-        stats[:, cv2.CC_STAT_AREA] >= 4 * MIN_SPECK_PX
-    )
+    strong = (np.bincount(labels[ink > high], minlength=n) > 0) | (areas >= 4 * MIN_SPECK_PX)
     bands = (hb | vb).astype(bool)
     in_band = np.bincount(labels[bands], minlength=n)
-    areas = stats[:, cv2.CC_STAT_AREA]
     # Specks are noise; components lying (almost) wholly in a wall band are wall residue.
     keep = strong & (areas >= MIN_SPECK_PX) & (in_band < 0.85 * areas)
     keep[0] = False
@@ -162,14 +176,14 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     if boxed and keep.any() and boxes:
         reach = max(4, round(0.12 * min(b[3] for b in boxes)))
         dist = cv2.distanceTransform((1 - keep[labels]).astype(np.uint8), cv2.DIST_L2, 3)
-        closest = _min_per_label(labels, dist, n)
-        keep |= (closest <= reach) & (areas >= MIN_SPECK_PX // 2) & (in_band < 0.5 * areas)
+        near = np.bincount(labels[dist <= reach], minlength=n) > 0
+        keep |= near & (areas >= MIN_SPECK_PX // 2) & (in_band < 0.5 * areas)
         keep[0] = False
     binary = keep[labels].astype(np.uint8)
     if boxed:
         binary = _grow_faint(binary, ink, low, bands)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    return FieldInk((x0, y0), ink, binary, labels.astype(np.int32), stats, walls, boxes)
+    return FieldInk((x0, y0), ink, binary, labels.astype(np.int32, copy=False), stats, walls, boxes)
 
 
 def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarray) -> np.ndarray:
@@ -193,22 +207,6 @@ def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarr
     touch &= st[:, cv2.CC_STAT_AREA] >= MIN_SPECK_PX // 2
     touch[0] = False
     return (binary | touch[lab]).astype(np.uint8)
-
-
-def _min_per_label(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Smallest value per label 1..n-1 (inf where absent; label 0 = background, skipped).
-
-    Sorting the ink pixels by (label, value) is ~20x faster than ``np.minimum.at``.
-    """
-    out = np.full(n, np.inf)
-    lab = labels.ravel()
-    sel = lab > 0
-    lab, val = lab[sel], values.ravel()[sel]
-    if lab.size:
-        order = np.lexsort((val, lab))
-        first = np.r_[True, lab[order][1:] != lab[order][:-1]]
-        out[lab[order][first]] = val[order][first]
-    return out
 
 
 def _wall_profile(ink: np.ndarray, axis: int) -> np.ndarray:
@@ -241,42 +239,46 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
     model = np.zeros(ink.shape, np.float32)
     H, W = ink.shape
     t = WALL_TOL_PX + 1
-    segs: list[tuple[int, int, int, int]] = []  # (axis, position, start, end)
+    # (axis, start, end along the wall, across-band lo:hi, measured part a0:b0)
+    segs: list[tuple[int, int, int, int, int, int, int]] = []
     for x, y, w, h in boxes:
-        segs += [(0, yy, x, x + w) for yy in (y, y + h)]
-        segs += [(1, xx, y, y + h) for xx in (x, x + w)]
-    profs: list[tuple[int, int, np.ndarray] | None] = []
-    for axis, pos, a, b in segs:
-        lo, hi = max(0, pos - t), min(H if axis == 0 else W, pos + t + 1)
-        a0, b0 = max(0, a + 3), min(W if axis == 0 else H, b - 2)
-        if hi <= lo or b0 <= a0:
-            profs.append(None)
-            continue
-        band = ink[lo:hi, a0:b0] if axis == 0 else ink[a0:b0, lo:hi]
-        profs.append((lo, hi, _wall_profile(band, 1 if axis == 0 else 0)))
-    peaks = [float(p[2].max()) for p in profs if p is not None and p[2].size]
-    if not peaks:
+        for axis, pos, a, b in ((0, y, x, x + w), (0, y + h, x, x + w),
+                                (1, x, y, y + h), (1, x + w, y, y + h)):
+            lo, hi = max(0, pos - t), min(H if axis == 0 else W, pos + t + 1)
+            a0, b0 = max(0, a + 3), min(W if axis == 0 else H, b - 2)
+            if hi > lo and b0 > a0:
+                segs.append((axis, a, b, lo, hi, a0, b0))
+    if not segs:
         return model
+    # The walls of a row of equal boxes share one band shape: each shape is measured in
+    # one stacked call (per-segment numpy calls, not arithmetic, were the cost).
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (axis, _, _, lo, hi, a0, b0) in enumerate(segs):
+        groups.setdefault((axis, hi - lo, b0 - a0), []).append(i)
+    stacks: list[tuple[list[int], np.ndarray]] = []
+    for (axis, _, _), idx in groups.items():
+        bands = [ink[segs[i][3] : segs[i][4], segs[i][5] : segs[i][6]] if axis == 0
+                 else ink[segs[i][5] : segs[i][6], segs[i][3] : segs[i][4]] for i in idx]
+        stacks.append((idx, _wall_profile(np.stack(bands), 2 if axis == 0 else 1)))
     # A segment much darker than the field's typical wall holds a stroke along it: cap it.
+    peaks = np.concatenate([p.max(axis=1) for _, p in stacks]).astype(np.float64)
     cap = 1.3 * float(np.median(peaks)) + 5.0
-    for (axis, _, a, b), pr in zip(segs, profs, strict=True):
-        if pr is None:
-            continue
-        lo, hi, prof = pr
-        prof = np.minimum(prof, cap)
+    for idx, profs in stacks:
+        profs = np.minimum(profs, cap)
         # One pixel of slack across the wall: registration is not sub-pixel exact.
-        wide = prof.copy()  # max with both neighbours (ink is >= 0, so the ends keep theirs)
-        np.maximum(wide[:-1], prof[1:], out=wide[:-1])
-        np.maximum(wide[1:], prof[:-1], out=wide[1:])
-        prof = wide
-        prof = np.where(prof < 8.0, 0.0, prof).astype(np.float32)
-        a1, b1 = max(0, a - t), b + t + 1
-        if axis == 0:
-            sl = model[lo:hi, a1:b1]
-            np.maximum(sl, prof[:, None], out=sl)
-        else:
-            sl = model[a1:b1, lo:hi]
-            np.maximum(sl, prof[None, :], out=sl)
+        wide = profs.copy()  # max with both neighbours (ink is >= 0, so the ends keep theirs)
+        np.maximum(wide[:, :-1], profs[:, 1:], out=wide[:, :-1])
+        np.maximum(wide[:, 1:], profs[:, :-1], out=wide[:, 1:])
+        wide = np.where(wide < 8.0, 0.0, wide).astype(np.float32)
+        for i, prof in zip(idx, wide, strict=True):
+            axis, a, b, lo, hi = segs[i][:5]
+            a1, b1 = max(0, a - t), b + t + 1
+            if axis == 0:
+                sl = model[lo:hi, a1:b1]
+                np.maximum(sl, prof[:, None], out=sl)
+            else:
+                sl = model[a1:b1, lo:hi]
+                np.maximum(sl, prof[None, :], out=sl)
     return model
 
 
@@ -330,22 +332,37 @@ def path_cut(m: np.ndarray, c: float, half: int) -> np.ndarray:
         return np.full(h, int(c))
     xs = np.arange(lo, hi)
     cost = m[:, lo:hi].astype(np.float32) * 10.0 + (np.abs(xs - c) / max(half, 1))[None, :]
-    acc = cost[0].copy()
-    back = np.zeros((h, hi - lo), np.int8)
-    cols = np.arange(hi - lo)
-    stack = np.full((3, hi - lo), np.inf, np.float32)  # from the left, above, the right
+    # Forward pass: the cheapest path cost to every pixel, one row at a time; the min
+    # over the three cells above is the min of two overlapping pairs (no argmin, no
+    # fancy indexing: these per-row numpy calls were the segmenter's costliest loop).
+    acc = np.empty_like(cost)
+    acc[0] = cost[0]
+    # Costs add up in float64 but predecessors are compared in float32 (``pair``, and
+    # ``rows`` below): the rounding the first version of this cut had, kept so that
+    # near-ties resolve as they always have.
+    pair = np.empty(hi - lo - 1, np.float32)
     for y in range(1, h):
-        stack[0, 1:] = acc[:-1]
-        stack[1] = acc
-        stack[2, :-1] = acc[1:]
-        move = np.argmin(stack, axis=0)
-        back[y] = move - 1
-        acc = stack[move, cols] + cost[y]
+        prev, cur = acc[y - 1], acc[y]
+        np.minimum(prev[:-1], prev[1:], out=pair)
+        np.minimum(pair[:-1], pair[1:], out=cur[1:-1])
+        cur[0], cur[-1] = pair[0], pair[-1]
+        cur += cost[y]
+    # Backward: follow the cheapest predecessor, preferring left, then above, then right
+    # on ties.
+    rows = acc.astype(np.float32).tolist()
+    last = len(rows[0]) - 1
     path = np.empty(h, np.int64)
-    j = int(np.argmin(acc))
-    for y in range(h - 1, -1, -1):
+    j = int(np.argmin(acc[-1]))
+    for y in range(h - 1, 0, -1):
         path[y] = j + lo
-        j = min(max(j + int(back[y, j]), 0), hi - lo - 1) if y else j
+        prev = rows[y - 1]
+        best, step = prev[j], 0
+        if j > 0 and prev[j - 1] <= best:
+            best, step = prev[j - 1], -1
+        if j < last and prev[j + 1] < best:
+            step = 1
+        j += step
+    path[0] = j + lo
     return path
 
 

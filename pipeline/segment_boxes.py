@@ -93,7 +93,7 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int], list[Touching]]:
     """
     nb = len(fi.boxes)
     n = fi.stats.shape[0]
-    areas = np.bincount(fi.labels.ravel(), minlength=n)
+    areas = fi.stats[:, cv2.CC_STAT_AREA]
     inside = np.zeros((nb, n))
     for bi, (bx, by, bw, bh) in enumerate(fi.boxes):
         sub = fi.labels[max(0, by) : by + bh + 1, max(0, bx) : bx + bw + 1]

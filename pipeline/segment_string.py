@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import cv2
 import numpy as np
 
 from pipeline.segment import FieldInk, Piece, least_ink_column, new_cut, path_cut, piece_ink
@@ -32,14 +33,14 @@ def _groups(fi: FieldInk, rect: tuple[int, int, int, int]) -> tuple[list[list[in
     and whether dots too small to keep add up to a digit (see :func:`_broken_digit`)."""
     rx, ry, rw, rh = rect
     n = fi.stats.shape[0]
-    areas = np.bincount(fi.labels.ravel(), minlength=n)
+    areas = fi.stats[:, cv2.CC_STAT_AREA]
     sub = fi.labels[max(0, ry) : ry + rh + 1, max(0, rx) : rx + rw + 1]
     inside = np.bincount(sub.ravel(), minlength=n)
     comps = [i for i in range(1, n) if areas[i] > 0 and inside[i] >= 0.5 * areas[i]]
     boxes = {}
-    for i in comps:
-        ys, xs = np.nonzero(fi.labels == i)
-        boxes[i] = (int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1)
+    for i in comps:  # (x0, x1, y0, y1) of the component
+        x, y, w, h = (int(v) for v in fi.stats[i, :4])
+        boxes[i] = (x, x + w, y, y + h)
     if not comps:
         return [], False
     tall = sorted(boxes[i][3] - boxes[i][2] for i in comps)

@@ -10,6 +10,7 @@ from pipeline.errors import RegistrationError
 from pipeline.records import Page, PageKey
 from pipeline.register import register_page
 from pipeline.render import render_blank
+from pipeline.segment import read_regions
 from pipeline.templates import WORK_DPI, Template, load_template
 
 KEY = PageKey("test.png", "0" * 64, 0)
@@ -89,6 +90,28 @@ def test_register_recovers_pose(
     assert 0.5 <= reg.score <= 1.0
     assert reg.image.shape == (t.size_px()[1], t.size_px()[0])
     assert corner_error(reg.homography, true_h, t, dpi) < 2.0
+
+
+def test_region_warp_gives_the_full_warps_pixels_where_segmentation_reads(
+    templates: list[Template],
+) -> None:
+    """The pipeline warps only the field regions; there they are the full warp's pixels
+    (up to one grey level: the shifted matrix rounds a sample position differently in a
+    few pixels), and elsewhere paper white. Pose and score do not depend on it."""
+    t = templates[1]
+    img, _ = scan(t, dpi=300, angle=-2.0, scale=1.01, shift=(5, -3), persp=0.003, turn=0)
+    full = register_page(Page(KEY, img, None), templates)
+    part = register_page(Page(KEY, img, None), templates, regions=read_regions)
+    assert (part.homography, part.score, part.template_id) == (
+        full.homography, full.score, full.template_id)
+    inside = np.zeros(full.image.shape, bool)
+    for x0, y0, x1, y1 in read_regions(t):
+        inside[y0:y1, x0:x1] = True
+    assert 0.05 < inside.mean() < 0.6
+    diff = np.abs(part.image.astype(int) - full.image.astype(int))[inside]
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert (part.image[~inside] == 255).all()
+    assert (full.image[~inside] < 128).any()  # the full warp has printed marks out there
 
 
 def test_registered_image_matches_blank(templates: list[Template]) -> None:
