@@ -211,7 +211,7 @@ def valid_readings(
     contrib = np.array(
         [[term(int(digits[i, j]), n - 1 - i) % mod for j in range(k)] for i in range(n)],
         dtype=np.int64,
-    )
+    ) if mod > 1 else np.zeros((n, k), np.int64)
     # h[i, r]: best log-prob of positions i..n-1 given residue r so far, ending at residue 0.
     h = np.full((n + 1, mod), -math.inf)
     h[n, 0] = 0.0
@@ -233,6 +233,12 @@ def valid_readings(
         (-h[0, 0], tie, 0, 0, 0.0, ())
     ]
     pops = 0
+    # The search runs on Python lists: indexing numpy scalars was most of its cost.
+    h_rows, lp_rows, con_rows, dig_rows = h.tolist(), logp.tolist(), contrib.tolist(), \
+        digits.tolist()
+    pruned = (rules.min_value is not None or rules.max_value is not None
+              or (rules.date_format is not None and n == 8))  # else _prefix_ok is True
+    isfinite = math.isfinite
     while heap and pops < max_pops:
         _, _, i, r, g, prefix = heapq.heappop(heap)
         pops += 1
@@ -241,15 +247,16 @@ def valid_readings(
             if not check_rules(rules, s):
                 yield s, g
             continue
+        h_next, lp_i, con_i, dig_i = h_rows[i + 1], lp_rows[i], con_rows[i], dig_rows[i]
         for j in range(k):
-            r2 = int((r + contrib[i, j]) % mod)
-            rest = h[i + 1, r2]
-            if not (math.isfinite(rest) and math.isfinite(logp[i, j])):
+            r2 = (r + con_i[j]) % mod
+            rest, lp_ij = h_next[r2], lp_i[j]
+            if not (isfinite(rest) and isfinite(lp_ij)):
                 continue
-            child = (*prefix, int(digits[i, j]))
-            if not _prefix_ok(rules, child, n):
+            child = (*prefix, dig_i[j])
+            if pruned and not _prefix_ok(rules, child, n):
                 continue
-            g2 = g + float(logp[i, j])
+            g2 = g + lp_ij
             tie += 1
             heapq.heappush(heap, (-(g2 + rest), tie, i + 1, r2, g2, child))
 
