@@ -39,6 +39,7 @@ from pipeline.register_code import (
     refine_ecc,
     resize_matrix,
     shrink,
+    shrink_matrix,
     similarity_rms,
     structure_ncc,
     template_ref,
@@ -292,7 +293,7 @@ def _poses_from_features(
     """Candidate poses from ORB feature matching against each template's blank."""
     f = DET_DPI / base_dpi
     small = shrink(base, f) if f < 1 else base
-    s_small = resize_matrix(base.shape, small.shape)
+    s_small = shrink_matrix(base.shape, small.shape)
     orb = cv2.ORB.create(nfeatures=3000, scaleFactor=1.2, nlevels=8, fastThreshold=15)
     kp, des = orb.detectAndCompute(small, None)
     if des is None or len(kp) < MIN_FEATURE_INLIERS:
@@ -360,7 +361,7 @@ def _struct_warp(det: np.ndarray, base_shape: tuple[int, ...], pose: _Pose) -> n
     k = DET_DPI / WORK_DPI
     small = (max(1, round(h * k)), max(1, round(w * k)))
     to_small = resize_matrix((h, w), small)  # template px -> DET_DPI template px
-    m = resize_matrix(base_shape, det.shape) @ pose.h_base @ np.linalg.inv(to_small)
+    m = shrink_matrix(base_shape, det.shape) @ pose.h_base @ np.linalg.inv(to_small)
     return cv2.warpPerspective(det, m, (small[1], small[0]),
                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=255)
@@ -403,7 +404,7 @@ def register_page(
     # later warp neither aliases nor touches more pixels than it needs.
     f = WORK_DPI / src_dpi
     base = img if f > 0.8 else shrink(img, f)
-    s_base = resize_matrix(img.shape, base.shape)
+    s_base = shrink_matrix(img.shape, base.shape)
     base_dpi = src_dpi * base.shape[1] / img.shape[1]
     fd = DET_DPI / base_dpi
     det = base if fd > 0.9 else shrink(base, fd)
