@@ -128,9 +128,8 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     k = max(9, int(t.px(2.6)) | 1)
     bg = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
     bg = cv2.blur(bg, (k, k))
-    ink = cv2.GaussianBlur(
-        np.clip(bg.astype(np.float32) - gray.astype(np.float32), 0, 255), (3, 3), 0.6
-    ).astype(np.float32)
+    # (uint8 subtraction saturates at 0: the clipped difference, exactly)
+    ink = cv2.GaussianBlur(cv2.subtract(bg, gray).astype(np.float32), (3, 3), 0.6)
     hb, vb = _wall_bands(gray.shape, boxes, f)
     inner = np.zeros(gray.shape, np.uint8)
     for bx, by, bw, bh in boxes:
@@ -198,13 +197,13 @@ def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarr
         return binary
     edge = cv2.dilate(binary, np.ones((5, 5), np.uint8))
     faint = ((ink > max(0.35 * low, 10.0)) & ~bands & (edge == 0)).astype(np.uint8)
-    n, lab, st, _ = cv2.connectedComponentsWithStats(faint, connectivity=8)
+    n, lab = cv2.connectedComponents(faint, connectivity=8)
     if n <= 1:
         return binary
     near = cv2.dilate(binary, np.ones((11, 11), np.uint8)) > 0
-    touch = np.zeros(n, bool)
-    touch[np.unique(lab[near & (faint > 0)])] = True
-    touch &= st[:, cv2.CC_STAT_AREA] >= MIN_SPECK_PX // 2
+    on = faint > 0
+    touch = np.bincount(lab[near & on], minlength=n) > 0
+    touch &= np.bincount(lab[on], minlength=n) >= MIN_SPECK_PX // 2
     touch[0] = False
     return (binary | touch[lab]).astype(np.uint8)
 
