@@ -41,11 +41,11 @@ def normalize_digit(
     if peak <= 0.0:
         return out
     img = img * (255.0 / peak) if ink.dtype != np.uint8 or peak < 255 else img
-    ys, xs = np.nonzero(img > INK_FRACTION * 255.0)
-    if ys.size == 0:
+    # Bounding box of the ink pixels (cv2: one C pass instead of nonzero + four reductions).
+    x0, y0, bw, bh = cv2.boundingRect((img > INK_FRACTION * 255.0).view(np.uint8))
+    if bw == 0:
         return out
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    box = img[y0:y1, x0:x1]
+    box = img[y0 : y0 + bh, x0 : x0 + bw]
     h, w = box.shape
     scale = fit_box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
