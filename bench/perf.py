@@ -130,6 +130,16 @@ def _in_spawned(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
+def run_reader() -> Any:
+    """The digit reader ``formdigits run`` builds by default (the shipped model with its
+    second opinion), loaded once so that the timed runs do not include loading it."""
+    from models.second_opinion import load_reader
+    from pipeline.settings import RunSettings
+
+    s = RunSettings()
+    return load_reader(s.model, s.second_opinion, device="cpu", batch_size=s.batch_size)
+
+
 def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
                  progress: Any = None) -> dict[str, Any]:
     """``pipeline.run.process`` into a fresh ``out``; summary + stage seconds."""
@@ -233,12 +243,10 @@ def _memory_child(copies: Path, out: Path, pages: Any, result: Any) -> None:
     # A fresh process like `formdigits run`: the bench's own arrays do not count. Its page
     # workers are forked as in `formdigits run` (pipeline.recognize asks for fork: a
     # spawned process would otherwise spawn them too, each importing torch afresh).
-    from models.predictor import Predictor
-
     def progress(done: int, _total: int) -> None:
         pages.value = done
 
-    res = run_pipeline(copies, out, 2, Predictor.load("default", device="cpu"), progress)
+    res = run_pipeline(copies, out, 2, run_reader(), progress)
     result.put({k: v for k, v in res.items() if k != "stage_seconds"})
 
 
@@ -285,7 +293,6 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     """Every measurement of one benchmark run, as a JSON-able dict."""
     import torch
 
-    from models.predictor import Predictor
     from pipeline.recognize import available_cores
 
     bank, why = mnist_bank_or_none()
@@ -310,7 +317,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     res["decode_pages_per_s_1proc"] = decode_rate(paths, 1)
     res["decode_pages_per_s"] = decode_rate(paths, min(2, cores))
     res["decode_full_size_pages_per_s"] = decode_rate(paths, min(2, cores), full_size=True)
-    predictor = Predictor.load("default", device="cpu")
+    predictor = run_reader()
     log("end-to-end, 1 worker …")
     run_pipeline(pages_dir, cfg.work_dir / "out_warm", 1, predictor)  # warm caches, CNN
     e1 = run_pipeline(pages_dir, cfg.work_dir / "out_1w", 1, predictor)

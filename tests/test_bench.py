@@ -54,6 +54,16 @@ def test_decode_and_pipeline_rates(pages, tmp_path):
     assert json.loads(runs[0].read_text())["pages"] == 2
 
 
+def test_bench_times_the_reader_a_run_uses():
+    """The end-to-end rows must time what `formdigits run` runs: with its second opinion."""
+    from bench.perf import run_reader
+    from models.second_opinion import SecondOpinion, load_reader
+
+    reader, default = run_reader(), load_reader(device="cpu")
+    assert isinstance(reader, SecondOpinion) and type(reader) is type(default)
+    assert reader.model_version == default.model_version
+
+
 def test_rss_sampler_and_plot(tmp_path):
     import os
 
