@@ -11,11 +11,13 @@ is mapped onto *template pixels* (the page rendered at ``WORK_DPI``):
    through the candidate homography; the code names the template and settles upside down;
 3. when the marks cannot be found, ORB features of the page are matched against each
    template's rendered blank (RANSAC homography), and the same code check decides;
-4. the page is warped into template pixels and its printed structure is compared with the
-   blank (normalized cross-correlation) for the final score.
+4. the detection copy is warped onto the template and its printed structure is compared
+   with the blank (normalized cross-correlation) for the final score; then the page is
+   warped into template pixels (in the pipeline only the field regions segmentation
+   reads, see ``regions``).
 
-Per-template references (rendered blank, code strip, features) and the scoring and ECC
-helpers live in :mod:`pipeline.register_code`.
+Per-template references (rendered blank, code strip, features), the shrinks and warps,
+and the scoring and ECC helpers live in :mod:`pipeline.register_code`.
 """
 
 from __future__ import annotations
@@ -33,16 +35,18 @@ from pipeline.errors import RegistrationError
 from pipeline.records import Page, RegisteredPage
 from pipeline.register_code import (
     DET_DPI,
+    Region,
     TemplateRef,
     code_match,
     orientation_of,
     refine_ecc,
-    resize_matrix,
     shrink,
     shrink_matrix,
     similarity_rms,
+    struct_warp,
     structure_ncc,
     template_ref,
+    warp_to_template,
 )
 from pipeline.templates import MM_PER_INCH, WORK_DPI, Template
 
@@ -52,7 +56,6 @@ MAX_MARK_CANDIDATES = 10
 # not read as a known template can never reach the default min_score of 0.5.
 W_GEOM, W_CODE, W_STRUCT = 0.3, 0.4, 0.3
 MIN_FEATURE_INLIERS = 20
-Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in template px
 
 
 @dataclass(frozen=True)
@@ -330,43 +333,6 @@ def _score(p: _Pose, ncc: float) -> float:
     return float(min(1.0, max(0.0, s if p.code_ok else min(s, 0.45))))
 
 
-def _warp(base: np.ndarray, pose: _Pose, regions: Sequence[Region] | None) -> np.ndarray:
-    """``base`` in template px under ``pose``: the whole page, or only ``regions``."""
-    w, h = pose.ref.size_px
-    flags, white = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, 255
-    if regions is None:
-        return cv2.warpPerspective(base, pose.h_base, (w, h), flags=flags,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=white)
-    out = np.full((h, w), white, np.uint8)
-    for x0, y0, x1, y1 in regions:
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        # Region px -> template px is a shift; every output pixel is sampled on its own,
-        # so the region's pixels are those of the full warp.
-        shift = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
-        out[y0:y1, x0:x1] = cv2.warpPerspective(
-            base, pose.h_base @ shift, (x1 - x0, y1 - y0), flags=flags,
-            borderMode=cv2.BORDER_CONSTANT, borderValue=white)
-    return out
-
-
-def _struct_warp(det: np.ndarray, base_shape: tuple[int, ...], pose: _Pose) -> np.ndarray:
-    """The detection copy warped onto the template at DET_DPI: the structure score's input.
-
-    The score compares printed structure at STRUCT_DPI, so it needs no 150-dpi warp of
-    the whole page (a quarter of the pixels; the read regions are warped separately).
-    """
-    w, h = pose.ref.size_px
-    k = DET_DPI / WORK_DPI
-    small = (max(1, round(h * k)), max(1, round(w * k)))
-    to_small = resize_matrix((h, w), small)  # template px -> DET_DPI template px
-    m = shrink_matrix(base_shape, det.shape) @ pose.h_base @ np.linalg.inv(to_small)
-    return cv2.warpPerspective(det, m, (small[1], small[0]),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=255)
-
-
 def register_page(
     page: Page, templates: Sequence[Template], min_score: float = 0.5,
     regions: Callable[[Template], Sequence[Region]] | None = None,
@@ -422,7 +388,7 @@ def register_page(
     poses.sort(key=lambda p: (p.code_ok, W_GEOM * p.geom + W_CODE * p.code), reverse=True)
     best_pose, best_score = poses[0], -1.0
     for p in poses[:2]:
-        sc = _score(p, structure_ncc(_struct_warp(det, base.shape, p), p.ref))
+        sc = _score(p, structure_ncc(struct_warp(det, base.shape, p.h_base, p.ref.size_px), p.ref))
         if sc > best_score:
             best_pose, best_score = p, sc
         if p.code_ok:
@@ -437,7 +403,8 @@ def register_page(
     return RegisteredPage(
         key=page.key,
         template_id=best_pose.ref.template.id,
-        image=_warp(base, best_pose, regions(best_pose.ref.template) if regions else None),
+        image=warp_to_template(base, best_pose.h_base, best_pose.ref.size_px,
+                               regions(best_pose.ref.template) if regions else None),
         homography=tuple(float(v) for v in h_src.ravel()),
         score=round(best_score, 4),
         orientation=orientation_of(h_src),

@@ -22,6 +22,7 @@ from pipeline.templates import WORK_DPI, Template
 DET_DPI = 75.0  # detection copy (marks, features): marks are ~24 px wide here
 STRUCT_DPI = 25.0  # printed-structure comparison copy
 ECC_DPI = 50.0  # fine alignment of the features fallback and of 3-mark poses
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in template px
 _GRID = np.linspace(0.25, 0.75, 5)  # sample the inner half of a cell: robust to pose error
 
 
@@ -75,6 +76,47 @@ def shrink_matrix(src_shape: tuple[int, ...], small_shape: tuple[int, ...]) -> n
     k = _halvings(src_shape, (small_shape[1], small_shape[0]))
     kept = (src_shape[0] - src_shape[0] % (1 << k), src_shape[1] - src_shape[1] % (1 << k))
     return resize_matrix(kept, small_shape)
+
+
+def warp_to_template(base: np.ndarray, h_base: np.ndarray, size: tuple[int, int],
+                     regions: Sequence[Region] | None = None) -> np.ndarray:
+    """``base`` warped into template px (``size`` = (w, h); ``h_base``: template px ->
+    base px): the whole page, or only ``regions`` with paper white elsewhere."""
+    w, h = size
+    flags, white = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, 255
+    if regions is None:
+        return cv2.warpPerspective(base, h_base, (w, h), flags=flags,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=white)
+    out = np.full((h, w), white, np.uint8)
+    for x0, y0, x1, y1 in regions:
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        # Region px -> template px is a shift; every output pixel is sampled on its own,
+        # so the region's pixels are those of the full warp (up to the rounding of a few
+        # sample positions: one grey level).
+        shift = np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]], np.float64)
+        out[y0:y1, x0:x1] = cv2.warpPerspective(
+            base, h_base @ shift, (x1 - x0, y1 - y0), flags=flags,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=white)
+    return out
+
+
+def struct_warp(det: np.ndarray, base_shape: tuple[int, ...], h_base: np.ndarray,
+                size: tuple[int, int]) -> np.ndarray:
+    """The detection copy warped onto the template at DET_DPI: the structure score's input.
+
+    The score compares printed structure at STRUCT_DPI, so it needs no 150-dpi warp of
+    the whole page (a quarter of the pixels; the read regions are warped separately).
+    """
+    w, h = size
+    k = DET_DPI / WORK_DPI
+    small = (max(1, round(h * k)), max(1, round(w * k)))
+    to_small = resize_matrix((h, w), small)  # template px -> DET_DPI template px
+    m = shrink_matrix(base_shape, det.shape) @ h_base @ np.linalg.inv(to_small)
+    return cv2.warpPerspective(det, m, (small[1], small[0]),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=255)
 
 
 def similarity_rms(src: np.ndarray, dst: np.ndarray) -> float:

@@ -15,16 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.segment import (
-    EMPTY_AREA_PX,
-    EMPTY_EXTENT,
-    FieldInk,
-    Piece,
-    least_ink_column,
-    new_cut,
-    path_cut,
-    piece_ink,
-)
+from pipeline.segment import EMPTY_AREA_PX, EMPTY_EXTENT, FieldInk, Piece, piece_ink
+from pipeline.segment_cuts import least_ink_column, new_cut, path_cut
 from pipeline.templates import FormField
 
 # Cuts offered for digits touching across a wall: (path or straight, wall shift in box

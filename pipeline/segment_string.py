@@ -17,7 +17,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from pipeline.segment import FieldInk, Piece, least_ink_column, new_cut, path_cut, piece_ink
+from pipeline.segment import FieldInk, Piece, piece_ink
+from pipeline.segment_cuts import least_ink_column, new_cut, path_cut
 from pipeline.templates import FormField, Template
 
 SINGLE_MAX_RATIO = 0.85  # groups narrower than this × digit height are one digit

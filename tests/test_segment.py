@@ -327,7 +327,7 @@ def _reference_path_cut(m: np.ndarray, c: float, half: int) -> list[int]:
 def test_path_cut_is_the_cheapest_path() -> None:
     """The vectorized cut (pair minima forward, scalar walk back) takes the same path as
     the textbook dynamic program on random ink, ties included."""
-    from pipeline.segment import path_cut
+    from pipeline.segment_cuts import path_cut
 
     rng = np.random.default_rng(5)
     for _ in range(150):
