@@ -263,6 +263,25 @@ def _worker_context() -> multiprocessing.context.BaseContext | None:
     return None
 
 
+def _warm_before_fork(templates: Sequence[Template]) -> None:
+    """Import the page stages and build the templates' registration references here, so
+    that every forked page worker inherits them instead of paying for them at its first
+    page (~70 ms of CPU per worker and run: 2 ms per page of a 64-page run on 2 workers).
+    Best effort: a template that cannot be prepared fails in the workers, per page."""
+    import importlib
+
+    from pipeline.register_code import template_ref
+
+    for name in ("ingest", "register", "segment", "segment_boxes", "segment_string"):
+        importlib.import_module(f"pipeline.{name}")
+
+    for t in templates:
+        try:
+            template_ref(t)
+        except Exception as exc:  # the workers will report it as the pages' error
+            log.debug("template %s not prepared before the fork: %s", t.id, exc)
+
+
 def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: RunSettings,
             workers: int) -> DataLoader[PageWork]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
@@ -274,6 +293,7 @@ def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: 
         import cv2
 
         cv2.setNumThreads(0)
+        _warm_before_fork(templates)
     return DataLoader(
         PageDataset(items, templates, settings), batch_size=None, shuffle=False,
         num_workers=n, collate_fn=_keep,

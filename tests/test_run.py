@@ -327,3 +327,24 @@ def test_workers_fork_safely_after_opencv_threads_were_used(tmp_path: Path) -> N
                        text=True, timeout=240, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(read_table(tmp_path / "o", "pages")) == 2
+
+
+def test_page_workers_inherit_the_prepared_templates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before its workers fork, the loader builds each template's registration reference
+    in this process (they inherit it instead of building it at their first page), and a
+    template that cannot be prepared does not stop the run there."""
+    from pipeline import recognize, register_code
+
+    monkeypatch.setattr(register_code, "_CACHE", {})
+    good, bad = load_template("delivery"), load_template("survey")
+    real = register_code.template_ref
+
+    def flaky(t: Template) -> register_code.TemplateRef:
+        if t.id == bad.id:
+            raise ValueError("cannot render")
+        return real(t)
+
+    monkeypatch.setattr(register_code, "template_ref", flaky)
+    item = recognize.PageItem("x.png", "x.png", "0" * 64, 0)
+    recognize._loader([item], [good, bad], SETTINGS, 1)  # workers start only when iterated
+    assert list(register_code._CACHE) == [good.model_dump_json()]
