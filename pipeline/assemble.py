@@ -241,7 +241,7 @@ def read_field(
     string = ff.kind == "string"
     digits = _digit_rows(work, run_id, used,
                          [k if string else c.position for k, c in enumerate(used)],
-                         sub[list(picked)].reshape(-1, sub.shape[1]))
+                         sub[list(picked)])
     result = FieldResult(
         run_id=run_id, source=work.item.source, file_sha256=work.item.file_sha256,
         page=work.item.page, template_id=work.template_id or "", field=ff.name, kind=ff.kind,

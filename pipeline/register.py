@@ -374,7 +374,7 @@ def register_page(
     base_dpi = src_dpi * base.shape[1] / img.shape[1]
     fd = DET_DPI / base_dpi
     det = base if fd > 0.9 else shrink(base, fd)
-    det_to_base = base.shape[1] / det.shape[1]
+    det_to_base = 1.0 / float(shrink_matrix(base.shape, det.shape)[0, 0])  # exact scale
 
     poses = _poses_from_marks(base, det, det_to_base, refs, base_dpi)
     if not any(p.code_ok for p in poses):

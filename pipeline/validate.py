@@ -236,8 +236,7 @@ def valid_readings(
     # The search runs on Python lists: indexing numpy scalars was most of its cost.
     h_rows, lp_rows, con_rows, dig_rows = h.tolist(), logp.tolist(), contrib.tolist(), \
         digits.tolist()
-    pruned = (rules.min_value is not None or rules.max_value is not None
-              or (rules.date_format is not None and n == 8))  # else _prefix_ok is True
+    pruned = _has_prefix_rules(rules, n)  # else _prefix_ok is always True
     isfinite = math.isfinite
     while heap and pops < max_pops:
         _, _, i, r, g, prefix = heapq.heappop(heap)
@@ -268,10 +267,25 @@ _DATE_PARTS = {  # (start, end) of day, month, year in each format
 }
 
 
+def _has_ranges(rules: Validation) -> bool:
+    return rules.min_value is not None or rules.max_value is not None
+
+
+def _date_parts(rules: Validation, n: int) -> tuple[tuple[int, int], ...] | None:
+    """(start, end) of day, month and year when an ``n``-digit reading is a checked date."""
+    return _DATE_PARTS[rules.date_format] if rules.date_format is not None and n == 8 \
+        else None
+
+
+def _has_prefix_rules(rules: Validation, n: int) -> bool:
+    """Whether :func:`_prefix_ok` can reject any prefix of an ``n``-digit reading."""
+    return _has_ranges(rules) or _date_parts(rules, n) is not None
+
+
 def _prefix_ok(rules: Validation, prefix: tuple[int, ...], n: int) -> bool:
     """Cheap necessary conditions on a prefix, so hopeless branches are never expanded."""
     m = len(prefix)
-    if rules.min_value is not None or rules.max_value is not None:
+    if _has_ranges(rules):
         # All completions of the prefix lie between prefix+"00.." and prefix+"99..".
         base = int("".join(map(str, prefix)))
         lo, hi = base * 10 ** (n - m), (base + 1) * 10 ** (n - m) - 1
@@ -279,8 +293,8 @@ def _prefix_ok(rules: Validation, prefix: tuple[int, ...], n: int) -> bool:
             rules.min_value is not None and hi < rules.min_value
         ):
             return False
-    if rules.date_format is not None and n == 8:
-        (d0, d1), (m0, m1), (y0, y1) = _DATE_PARTS[rules.date_format]
+    if (parts := _date_parts(rules, n)) is not None:
+        (d0, d1), (m0, m1), (y0, y1) = parts
         if m >= d1 and not 1 <= prefix[d0] * 10 + prefix[d0 + 1] <= 31:
             return False
         if m >= m1 and not 1 <= prefix[m0] * 10 + prefix[m0 + 1] <= 12:
