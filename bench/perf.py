@@ -130,24 +130,24 @@ def _in_spawned(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
-def run_reader() -> Any:
+def run_reader(device: str = "cpu") -> Any:
     """The digit reader ``formdigits run`` builds by default (the shipped model with its
     second opinion), loaded once so that the timed runs do not include loading it."""
     from models.second_opinion import load_reader
     from pipeline.settings import RunSettings
 
     s = RunSettings()
-    return load_reader(s.model, s.second_opinion, device="cpu", batch_size=s.batch_size)
+    return load_reader(s.model, s.second_opinion, device=device, batch_size=s.batch_size)
 
 
 def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
-                 progress: Any = None) -> dict[str, Any]:
+                 progress: Any = None, device: str = "cpu") -> dict[str, Any]:
     """``pipeline.run.process`` into a fresh ``out``; summary + stage seconds."""
     from pipeline.run import process
     from pipeline.settings import RunSettings
 
     shutil.rmtree(out, ignore_errors=True)
-    settings = RunSettings(workers=workers, device="cpu")
+    settings = RunSettings(workers=workers, device=device)
     t0 = time.perf_counter()
     summary = process([inputs], out, settings, progress=progress, predictor=predictor)
     wall = time.perf_counter() - t0

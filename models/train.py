@@ -168,7 +168,7 @@ def train(
         result.history = [EpochLog(**h) for h in ck["history"]]
         result.best_epoch, result.val_accuracy = int(ck["best_epoch"]), float(ck["best_val"])
         best_state = ck.get("best_state")
-        torch.set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"].cpu())  # map_location moved it to the device
         gen.manual_seed(cfg.seed + start_epoch)
     t0 = time.perf_counter() - elapsed0
     for epoch in range(start_epoch, cfg.epochs):

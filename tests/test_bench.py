@@ -158,3 +158,13 @@ def test_rendered_digit_is_a_contract_crop(mnist_dir):
     w = img.astype(float)
     cy, cx = (w.sum(1) @ np.arange(28)) / w.sum(), (w.sum(0) @ np.arange(28)) / w.sum()
     assert abs(cy - 13.5) < 1.5 and abs(cx - 13.5) < 1.5
+
+
+def test_gpu_bench_says_plainly_when_there_is_no_gpu(monkeypatch, capsys):
+    import torch
+
+    from bench import perf_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert perf_gpu.main([]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().out
