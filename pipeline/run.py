@@ -8,10 +8,13 @@ commits its own files), ``finish`` once. Every page of every input ends up in th
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pipeline.commit import Committer, Tally
 from pipeline.pieces import piece_scorer
@@ -111,6 +114,33 @@ def process_chunk(ctx: RunContext, items: Sequence[WorkItem],
     return committer.tally
 
 
+def environment(predictor: ProbaModel) -> dict[str, Any]:
+    """Where a run ran: the reader's device and the versions that shape its numbers.
+
+    On a GPU (fp16 autocast) confidences differ from the CPU's by up to ~0.002, and library
+    versions change decoding and kernels, so an audit of a result needs them.
+    """
+    import cv2
+    import numpy as np
+    import torch
+
+    device = getattr(predictor, "device", None)
+    name = str(device) if device is not None else "unknown"
+    if isinstance(device, torch.device) and device.type == "cuda":
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"device": name, "formdigits": version("formdigits"), "torch": torch.__version__,
+            "torchvision": version("torchvision"), "opencv": cv2.__version__,
+            "numpy": np.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
 def finish(ctx: RunContext, plan_: Plan, tallies: Sequence[Tally]) -> RunSummary:
     """Write ``OUT/runs/<run_id>.json``, release the lock, and summarize."""
     t = Tally()
@@ -136,6 +166,7 @@ def finish(ctx: RunContext, plan_: Plan, tallies: Sequence[Tally]) -> RunSummary
             "commits": t.commits,
             "stage_seconds": {k: round(v, 4) for k, v in sorted(t.timings.items())},
             "model_version": ctx.predictor.model_version,
+            "environment": environment(ctx.predictor),
             "skipped": list(plan_.skipped),
             "settings": ctx.settings.model_dump(mode="json"),
         })

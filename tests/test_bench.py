@@ -168,3 +168,13 @@ def test_gpu_bench_says_plainly_when_there_is_no_gpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert perf_gpu.main([]) == 2
     assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_cnn_engines_compare_against_the_eager_path(mnist_dir):
+    from bench.cnn_engines import measure
+
+    res = measure(1, rounds=1, seconds=0.05)
+    assert res["torch_max_logit_diff"] == 0.0
+    assert res["torchscript_max_logit_diff"] < 1e-3  # same math, other kernels
+    assert all(r[0] > 0 for r in res["digits_per_s"].values())
+    assert "onnxruntime" in res or "onnxruntime_skipped" in res

@@ -148,6 +148,18 @@ def test_every_page_is_accounted_for(fakes: None, scans: Path, tmp_path: Path) -
     assert crop.size == (28, 28)
     assert {len(t) for t in digits.top3_digits} == {3}
     assert (out / "settings.json").exists() and len(list((out / "runs").glob("*.json"))) == 1
+    import json
+
+    env = json.loads(next((out / "runs").glob("*.json")).read_text())["environment"]
+    assert env["device"] == "unknown" and env["torch"] == torch.__version__  # fake reader
+
+
+def test_run_record_says_which_device_read_the_pages() -> None:
+    from models.predictor import Predictor
+    from pipeline.run import environment
+
+    env = environment(Predictor.load("default", device="cpu"))
+    assert env["device"] == "cpu" and env["formdigits"] and env["opencv"]
 
 
 def test_rerun_skips_committed_files_and_force_supersedes(
