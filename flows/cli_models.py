@@ -16,6 +16,9 @@ def train_command(
     ),
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     seed: Annotated[int, typer.Option()] = 0,
+    split_seed: Annotated[int | None, typer.Option(
+        help="Seed of the held-out validation split, when it must differ from --seed "
+             "(a second-opinion model holds out its primary's split).")] = None,
     arch: Annotated[str, typer.Option(help="Architecture name from the registry.")] = "digitnet",
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 4e-3,
     batch_size: Annotated[int, typer.Option(min=8)] = 128,
@@ -42,7 +45,7 @@ def train_command(
     except Exception:
         test_set = None
     cfg = TrainConfig(arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
-                      device=device)
+                      device=device, split_seed=split_seed)
     ckpt = out.with_name(out.name + ".ckpt")
     if not resume and ckpt.exists():
         ckpt.unlink()

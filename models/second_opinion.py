@@ -143,6 +143,12 @@ def paired_temperature(second_path: str | Path, primary_sha256: str) -> float | 
     return float(extra[PAIR_TEMPERATURE])
 
 
+def held_out_split(training: dict[str, Any]) -> tuple[int, int]:
+    """``(size, seed)`` of the validation split a model card's training config held out."""
+    seed = training.get("split_seed")
+    return int(training["val_size"]), int(training["seed"] if seed is None else seed)
+
+
 def pair(primary: Path, second: Path, out: Path, data: str = "mnist") -> dict[str, Any]:
     """Fit the pair temperature on the primary's validation split; write the paired file.
 
@@ -160,12 +166,13 @@ def pair(primary: Path, second: Path, out: Path, data: str = "mnist") -> dict[st
         raise ModelError("pairing needs two models trained by `formdigits train` (their cards "
                          "say which validation digits they held out)")
     cfg, old = cards[0]["training"], cards[1]
-    split = (int(cfg["val_size"]), int(cfg["seed"]))
-    if (int(old["training"]["val_size"]), int(old["training"]["seed"])) != split:
+    split = held_out_split(cfg)
+    if held_out_split(old["training"]) != split:
         raise ModelError(f"{second} held out another validation split than {primary}",
-                         hint="Train the second model with the primary's --seed.")
+                         hint="Train the second model with --split-seed set to the "
+                              "primary's validation seed.")
     ds = load_digits(data, "train")
-    _, va_idx = split_train_val(len(ds.labels), int(cfg["val_size"]), int(cfg["seed"]))
+    _, va_idx = split_train_val(len(ds.labels), *split)
     pixels = torch.from_numpy(np.ascontiguousarray(ds.images[va_idx]))
     labels = torch.from_numpy(ds.labels[va_idx].astype(np.int64))
     p1 = Predictor.load(primary, device="cpu", batch_size=1000)
@@ -181,8 +188,8 @@ def pair(primary: Path, second: Path, out: Path, data: str = "mnist") -> dict[st
         "best_epoch", "val_accuracy", "threads")}
     pairing = {"primary": str(primary.name), "primary_sha256": sha,
                "primary_version": p1.model_version, "pair_temperature": t,
-               "fitted_on": f"{data}:train validation split (seed {cfg['seed']}, "
-                            f"{cfg['val_size']} digits)",
+               "fitted_on": f"{data}:train validation split (seed {split[1]}, "
+                            f"{split[0]} digits)",
                "below": SECOND_OPINION_BELOW}
     save_model(model, contract, out, card={**keep, "second_opinion": pairing})
     return pairing

@@ -42,6 +42,15 @@ class TrainConfig:
     seed: int = 0
     aug_group: int = 8
     device: str = "auto"
+    # The validation split's seed when it must differ from ``seed``: a second-opinion model
+    # trained with another seed (other initial weights, other batches) must still hold out
+    # the primary's validation digits, on which the pair is calibrated. None = ``seed``.
+    split_seed: int | None = None
+
+    @property
+    def val_seed(self) -> int:
+        """The seed of the validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -140,7 +149,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    tr_idx, va_idx = split_train_val(len(labels), cfg.val_size, cfg.seed)
+    tr_idx, va_idx = split_train_val(len(labels), cfg.val_size, cfg.val_seed)
     contract = Contract(arch=cfg.arch)
     model = init if init is not None else create_model(cfg.arch)
     # channels_last: oneDNN's faster convolution layout on CPU (~25% per step here).

@@ -114,14 +114,32 @@ def test_pairing_refuses_a_second_model_that_trained_on_the_calibration_digits(
         pair(DEFAULT_WEIGHTS, other, tmp_path / "out.safetensors")
 
 
+def test_a_second_model_of_another_seed_pairs_when_it_held_out_the_same_split(
+        mnist_dir: Path, tmp_path: Path) -> None:
+    from models.second_opinion import held_out_split, pair
+    from models.train import TrainConfig
+
+    assert TrainConfig(seed=7, split_seed=0).val_seed == 0 and TrainConfig(seed=7).val_seed == 7
+    assert held_out_split({"seed": 7, "val_size": 5000}) == (5000, 7)  # cards before split_seed
+    torch.manual_seed(5)
+    other = save_model(create_model("digitnet_wide"), Contract(arch="digitnet_wide"),
+                       tmp_path / "w.safetensors",
+                       card={"training": {"seed": 7, "split_seed": 0, "val_size": 5000}})
+    info = pair(DEFAULT_WEIGHTS, other, tmp_path / "out.safetensors")
+    assert info["fitted_on"] == "mnist:train validation split (seed 0, 5000 digits)"
+
+
 def test_shipped_pair_card_says_how_it_was_paired() -> None:
     """The model card records the primary it belongs to and where T was fitted."""
     card = json.loads(SECOND_WEIGHTS.with_suffix(".json").read_text())
     info = card["second_opinion"]
     assert info["primary_sha256"] == file_sha256(DEFAULT_WEIGHTS)
     assert "validation split" in info["fitted_on"]
-    assert card["training"]["seed"] == json.loads(
-        DEFAULT_WEIGHTS.with_suffix(".json").read_text())["training"]["seed"]
+    from models.second_opinion import held_out_split
+
+    # Another seed (other weights, other batches), but the primary's validation digits.
+    assert held_out_split(card["training"]) == held_out_split(json.loads(
+        DEFAULT_WEIGHTS.with_suffix(".json").read_text())["training"])
     extra = Contract.from_json(read_metadata(SECOND_WEIGHTS)["contract"]).extra
     assert extra[PAIRED_FOR] == info["primary_sha256"]
     assert float(extra[PAIR_TEMPERATURE]) == pytest.approx(info["pair_temperature"], abs=1e-6)
