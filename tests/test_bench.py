@@ -178,3 +178,23 @@ def test_cnn_engines_compare_against_the_eager_path(mnist_dir):
     assert res["torchscript_max_logit_diff"] < 1e-3  # same math, other kernels
     assert all(r[0] > 0 for r in res["digits_per_s"].values())
     assert "onnxruntime" in res or "onnxruntime_skipped" in res
+
+
+@pytest.mark.slow
+def test_segmentation_doubts_counts_the_sample_scans(tmp_path):
+    from pathlib import Path
+
+    from bench.segmentation_doubts import doubts
+    from pipeline.run import process
+    from pipeline.settings import RunSettings
+
+    root = Path(__file__).resolve().parents[1] / "sample_scans"
+    process([root], tmp_path / "out", RunSettings.model_validate({"workers": 0, "device": "cpu"}))
+    res = doubts(tmp_path / "out", root / "truth")
+    only = res["only_segmentation"]
+    # The shipped scans hold touching strings; one is read wrong and went to review.
+    assert only["fields"] >= 3 and 1 <= only["wrong"] < only["fields"]
+    assert any("segmentation:touching" in k for k in res["fields"])
+    assert [b["fields"] for b in res["by_confidence"]] == sorted(
+        (b["fields"] for b in res["by_confidence"]), reverse=True)
+    assert sum(res["fields"].values()) >= only["fields"]
