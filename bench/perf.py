@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.perf_pages import SEED, copy_pages, make_pages, mnist_bank_or_none
+from bench.perf_pages import copy_pages, generate_pages, mnist_bank_or_none
 
 
 @dataclass(frozen=True)
@@ -302,13 +302,9 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     started = time.time()
     res: dict[str, Any] = {"machine": machine_info(), "quick": cfg.quick}
     pages_dir = cfg.work_dir / "pages"
-    shutil.rmtree(pages_dir, ignore_errors=True)
     log(f"generating {cfg.pages} synthetic 300-dpi pages …")
     t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(2) as pool:  # spawn: see _in_spawned
-        parts = pool.starmap(make_pages, [(pages_dir, cfg.pages, bank, SEED, k, 2)
-                                          for k in range(2)])
-    paths = sorted(p for part in parts for p in part)
+    paths = generate_pages(pages_dir, cfg.pages, bank)
     res["generate_s"] = round(time.perf_counter() - t0, 1)
     res["input"] = {"pages": len(paths), "dpi": 300, "formats": "colour JPEG q85 / gray PNG",
                     "mb": round(sum(p.stat().st_size for p in paths) / 2**20, 1)}

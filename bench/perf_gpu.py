@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 
 from bench.perf import decode_rate, machine_info, run_pipeline, run_reader
 from bench.perf_cnn import _throughput
-from bench.perf_pages import SEED, make_pages, mnist_bank_or_none
+from bench.perf_pages import generate_pages, mnist_bank_or_none
 
 
 def gpu_info() -> dict[str, Any]:
@@ -86,19 +84,12 @@ def cnn_gpu(min_s: float = 2.0) -> dict[str, Any]:
     return out
 
 
-def _pages(work: Path, n: int, procs: int) -> list[Path]:
+def end_to_end(work: Path, n_pages: int, workers: Sequence[int]) -> dict[str, Any]:
+    """Pages/s of ``process`` with the GPU reader per worker count, and CPU at the largest."""
     bank, why = mnist_bank_or_none()
     if bank is None:
         raise SystemExit(why)
-    shutil.rmtree(work, ignore_errors=True)
-    with mp.get_context("spawn").Pool(procs) as pool:
-        parts = pool.starmap(make_pages, [(work, n, bank, SEED, k, procs) for k in range(procs)])
-    return sorted(p for part in parts for p in part)
-
-
-def end_to_end(work: Path, n_pages: int, workers: Sequence[int]) -> dict[str, Any]:
-    """Pages/s of ``process`` with the GPU reader per worker count, and CPU at the largest."""
-    paths = _pages(work / "pages", n_pages, min(8, max(workers)))
+    paths = generate_pages(work / "pages", n_pages, bank, min(8, max(workers)))
     most = max(workers)
     res: dict[str, Any] = {"pages": len(paths),
                            "decode_pages_per_s": decode_rate(paths, most)}

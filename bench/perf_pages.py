@@ -65,6 +65,17 @@ def make_pages(out: Path, n: int, bank: object, seed: int = SEED, start: int = 0
     return paths
 
 
+def generate_pages(out: Path, n: int, bank: object, procs: int = 2) -> list[Path]:
+    """A fresh ``out`` with pages ``0 … n-1`` of :func:`make_pages`, written by ``procs``
+    spawned processes (spawn: OpenCV threads in a forked child can deadlock)."""
+    import multiprocessing as mp
+
+    shutil.rmtree(out, ignore_errors=True)
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.starmap(make_pages, [(out, n, bank, SEED, k, procs) for k in range(procs)])
+    return sorted(p for part in parts for p in part)
+
+
 def copy_pages(sources: list[Path], out: Path, count: int) -> list[Path]:
     """``count`` distinct files cycling over ``sources`` (unique trailer per copy)."""
     out.mkdir(parents=True, exist_ok=True)
