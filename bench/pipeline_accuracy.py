@@ -67,11 +67,13 @@ def threshold_sweep(out: Path, truth_dir: Path) -> dict[str, object]:
     """What other ``--review-below`` values would give, and why fields went to review.
 
     A field is accepted at threshold t when its confidence is >= t and it has no review
-    reason other than ``low_confidence`` (validation and segmentation doubts stay).
+    reason other than ``low_confidence`` (validation and segmentation doubts stay; notes
+    such as ``corrected_by_validation`` with a clear margin are no doubt).
     """
     from collections import Counter
 
     from pipeline.score import latest_fields, load_truth
+    from pipeline.validate import NOTE_REASONS
 
     truth = load_truth(truth_dir)
     want = {(stem, page, name): str(tf.get("value") or "")
@@ -83,7 +85,7 @@ def threshold_sweep(out: Path, truth_dir: Path) -> dict[str, object]:
         if tv is None:
             continue
         value = "" if r.value is None or r.value != r.value else str(r.value)
-        other = [x for x in r.reasons if x != "low_confidence"]
+        other = [x for x in r.reasons if x != "low_confidence" and x not in NOTE_REASONS]
         rows.append((float(r.confidence), bool(other), value == tv, value == "" and tv == ""))
         if r.status == "needs_review":
             reasons.update(f"{r.kind}: {x}" for x in r.reasons)

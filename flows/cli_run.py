@@ -57,6 +57,8 @@ def run_cmd(
     model: Annotated[str | None, typer.Option(help="Weights file, or 'default'.")] = None,
     piece_model: Annotated[str | None, typer.Option(
         help="String-piece verifier weights, 'default', or 'none' (off).")] = None,
+    string_model: Annotated[str | None, typer.Option(
+        help="Whole-string reader for string fields, 'default', or 'none' (off).")] = None,
     second_opinion: Annotated[str | None, typer.Option(
         help="Second digit model for doubtful crops: 'auto', 'none', or a paired file.")
     ] = None,
@@ -78,7 +80,8 @@ def run_cmd(
 
     settings = resolve_settings(
         config, templates=tuple(template) if template else None, model=model,
-        piece_model=piece_model, second_opinion=second_opinion, device=device,
+        piece_model=piece_model, string_model=string_model, second_opinion=second_opinion,
+        device=device,
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
         debug_dir=str(debug) if debug else None, force=force or None, strict=strict or None,
     )

@@ -51,7 +51,7 @@ OWNER_MIN = 60  # layer value (of 255) from which a pixel belongs to a digit
 
 
 @dataclass
-class _Field:
+class StringFieldBlank:
     """One string field and its blank surroundings at both resolutions."""
 
     template: Template
@@ -61,7 +61,9 @@ class _Field:
     origin: tuple[int, int]  # region's top-left in WORK px
 
 
-def _fields() -> list[_Field]:
+def string_field_blanks() -> list[StringFieldBlank]:
+    """Every string field of the shipped templates, blank, ready to be written into (the
+    training data of the piece verifier and of the string reader, ``models.strings``)."""
     out = []
     for t in load_templates(()):
         for f in t.fields:
@@ -73,7 +75,7 @@ def _fields() -> list[_Field]:
             s = round(FILL_DPI / WORK_DPI)  # 2: regions line up pixel for pixel
             fill = render_blank(t, FILL_DPI, color=True)[s * y0 : s * y1, s * x0 : s * x1]
             work = render_blank(t, WORK_DPI, color=True)[:, :, 0].copy()
-            out.append(_Field(t, f, work, fill.copy(), (x0, y0)))
+            out.append(StringFieldBlank(t, f, work, fill.copy(), (x0, y0)))
     return out
 
 
@@ -93,7 +95,7 @@ def _label(piece_ink: np.ndarray, own: np.ndarray, totals: np.ndarray) -> int | 
     return None
 
 
-def sample_pieces(fd: _Field, bank: DigitBank, rng: np.random.Generator
+def sample_pieces(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
                   ) -> tuple[list[np.ndarray], list[int]]:
     """Write one random string into ``fd`` and label the segmenter's candidate pieces."""
     f, s = fd.field, round(FILL_DPI / WORK_DPI)
@@ -143,7 +145,7 @@ def make_dataset(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, 
     from rich.progress import track
 
     rng = np.random.default_rng(seed)
-    fields = _fields()
+    fields = string_field_blanks()
     xs: list[np.ndarray] = []
     ys: list[int] = []
     for i in track(range(strings), description="writing and cutting strings"):

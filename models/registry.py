@@ -2,7 +2,8 @@
 
 Every model takes ``(N, 1, 28, 28)`` float input normalized per the contract
 (``(x/255 - mean) / std``, white ink on black) and returns ``(N, 10)`` logits
-(``piecenet``: ``(N, 2)``, one digit or not).
+(``piecenet``: ``(N, 2)``, one digit or not; ``stringnet`` reads a whole string field,
+``(N, 1, 32, 160)`` → ``(N, 40, 11)`` CTC logits).
 """
 
 from __future__ import annotations
@@ -100,6 +101,43 @@ def digitnet_wide() -> nn.Module:
 def piecenet() -> nn.Module:
     """String-field piece verifier: is this piece exactly one digit? (``models.pieces``)."""
     return DigitNet(widths=(32, 64, 128), dropout=0.1, classes=2)
+
+
+class StringNet(nn.Module):
+    """Segmentation-free reader of a whole string field (CRNN with a CTC head, ~0.23M params).
+
+    Input ``(N, 1, 32, W)`` (the field's wall-free ink, :func:`pipeline.normalize.
+    normalize_line`); four conv blocks shrink it to a sequence of ``W/4`` columns, a
+    bidirectional GRU reads the sequence, and the head gives per-column log-odds over
+    ``blank, 0..9`` (CTC, Graves et al. 2006). It never sees the segmenter's cuts, so it
+    is an independent check of a string's reading where its digits touch.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 96,
+                 classes: int = 11):
+        super().__init__()
+        a, b, c = widths
+        self.features = nn.Sequential(
+            *_cbr(1, a, 3, 1), nn.MaxPool2d(2),
+            *_cbr(a, b, 3, 1), nn.MaxPool2d(2),
+            *_cbr(b, c, 3, 1), *_cbr(c, c, 3, 1), nn.MaxPool2d((2, 1)),
+            # The remaining 4 rows are read as one column feature.
+            nn.Conv2d(c, 2 * c, (4, 1), bias=False), nn.BatchNorm2d(2 * c), nn.ReLU(True),
+            nn.Dropout(0.2),
+        )
+        self.rnn = nn.GRU(2 * c, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, W/4, classes)`` for input ``(N, 1, 32, W)``; class 0 is CTC's blank."""
+        f = self.features(x).squeeze(2).transpose(1, 2)
+        return self.head(self.rnn(f)[0])
+
+
+@register("stringnet")
+def stringnet() -> nn.Module:
+    """Whole-string reader for string fields (``models.strings``)."""
+    return StringNet()
 
 
 @register("seednet")

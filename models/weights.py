@@ -25,6 +25,7 @@ from pipeline.errors import ModelError
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = MODELS_DIR / "digitnet.safetensors"
 PIECES_WEIGHTS = MODELS_DIR / "piecenet.safetensors"  # string-piece verifier (models.pieces)
+STRINGS_WEIGHTS = MODELS_DIR / "stringnet.safetensors"  # whole-string reader (models.strings)
 SECOND_WEIGHTS = MODELS_DIR / "digitnet_wide.safetensors"  # second opinion (models.second_opinion)
 
 

@@ -104,3 +104,27 @@ def normalize_piece(ink: np.ndarray, field_h: float, *, input_size: int = INPUT_
     top, left = (input_size - nh) // 2, (input_size - nw) // 2
     out[top : top + nh, left : left + nw] = np.rint(small).astype(np.uint8)
     return out
+
+
+LINE_HEIGHT = 32  # the string reader's input height (models/stringnet)
+LINE_WIDTH = 160  # ... and width: a 70 x 15 mm string box at that height, with room
+
+
+def normalize_line(ink: np.ndarray, *, height: int = LINE_HEIGHT, width: int = LINE_WIDTH
+                   ) -> np.ndarray:
+    """A whole string field for the string reader: ``(height, width)`` uint8, left-aligned.
+
+    ``ink`` is the field's wall-free ink, bright on black (0 = paper), cut to the field's
+    rectangle. It is scaled to ``height`` rows (aspect kept, at most ``width`` columns) and
+    padded with black on the right. The string reader's training data
+    (``models.strings``) and the pipeline both call this, so they cannot drift apart.
+    """
+    out = np.zeros((height, width), np.uint8)
+    if ink.size == 0:
+        return out
+    h, w = ink.shape
+    nw = min(width, max(1, round(w * height / max(h, 1))))
+    small = cv2.resize(np.clip(ink, 0, 255).astype(np.float32), (nw, height),
+                       interpolation=cv2.INTER_AREA)
+    out[:, :nw] = np.rint(np.clip(small, 0.0, 255.0)).astype(np.uint8)
+    return out

@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.assemble import PageOutcome, assemble_page
 from pipeline.errors import FormdigitsError, RegistrationError
+from pipeline.lines import line_reader, read_lines
 from pipeline.pieces import piece_scorer, score_pieces
-from pipeline.records import FieldCrop, RegisteredPage
+from pipeline.records import FieldCrop, FieldLine, RegisteredPage
 from pipeline.settings import RunSettings
 from pipeline.templates import Template
 
@@ -79,6 +80,7 @@ class PageWork:
     orientation: int = 0
     method: str | None = None
     crops: tuple[FieldCrop, ...] = ()
+    lines: tuple[FieldLine, ...] = ()  # string fields whole, for the string reader
     error: ErrorInfo | None = None
     timings: dict[str, float] = field(default_factory=dict)
     debug_reg: RegisteredPage | None = None  # only with --debug: the picture needs the page
@@ -92,7 +94,7 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
     """Decode, register and segment one page; every failure becomes ``PageWork.error``."""
     from pipeline.ingest import load_page
     from pipeline.register import register_page
-    from pipeline.segment import read_regions, segment_page
+    from pipeline.segment import read_regions, segment_fields
 
     timings: dict[str, float] = {}
     stage = "decode"
@@ -110,7 +112,7 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
         timings["register"] = _lap(t0)
         stage, t0 = "segment", time.perf_counter()
         template = next(t for t in templates if t.id == reg.template_id)
-        crops = tuple(segment_page(reg, template))
+        crops, lines = segment_fields(reg, template)
         timings["segment"] = _lap(t0)
     except RegistrationError as exc:
         timings[stage] = _lap(t0)
@@ -120,7 +122,8 @@ def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSet
         return PageWork(item, "error", error=error_info(exc, stage), timings=timings)
     return PageWork(
         item, "read", template_id=reg.template_id, registration_score=float(reg.score),
-        orientation=int(reg.orientation), method=reg.method, crops=crops, timings=timings,
+        orientation=int(reg.orientation), method=reg.method, crops=tuple(crops),
+        lines=tuple(lines), timings=timings,
         debug_reg=reg if settings.debug_dir else None,
     )
 
@@ -367,6 +370,7 @@ def recognize(
     by_id = {t.id: t for t in templates}
     bs = settings.batch_size
     scorer = piece_scorer(settings.piece_model)
+    strings = line_reader(settings.string_model)
     pending: deque[_Slot] = deque()
     queue: deque[tuple[_Slot, int, np.ndarray]] = deque()
 
@@ -402,6 +406,10 @@ def recognize(
             t0 = time.perf_counter()
             work = dataclasses.replace(work, crops=tuple(score_pieces(work.crops, scorer)))
             work.timings["pieces"] = time.perf_counter() - t0
+        if work.lines and strings is not None:
+            t0 = time.perf_counter()
+            work = dataclasses.replace(work, lines=read_lines(work.lines, strings))
+            work.timings["lines"] = time.perf_counter() - t0
         crops = work.nonempty()
         slot = _Slot(work, np.zeros((len(crops), 10), np.float32), len(crops))
         pending.append(slot)

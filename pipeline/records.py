@@ -95,6 +95,21 @@ class FieldCrop:
 
 
 @dataclass(frozen=True, slots=True)
+class FieldLine:
+    """A whole string field for the string reader (``models/stringnet``), and its reading.
+
+    Segmentation draws it (:func:`pipeline.segment.string_line`) beside the field's digit
+    candidates; the main process fills ``log_probs`` (:func:`pipeline.lines.read_lines`)
+    and field assembly checks the segmenter's reading against it.
+    """
+
+    field: str
+    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (32, 160) uint8
+    # (T, 11) CTC log-probabilities over blank, 0..9 per column; None until read.
+    log_probs: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class DigitPrediction:
     """The model's calibrated reading of one crop."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commit import Committer, Tally
+from pipeline.lines import line_reader
 from pipeline.pieces import piece_scorer
 from pipeline.plan import Plan, WorkItem, plan_files
 from pipeline.recognize import ProbaModel, configure_main_threads, iter_works, recognize
@@ -70,8 +71,9 @@ def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = N
 
         predictor = load_reader(settings.model, settings.second_opinion,
                                 device=settings.device, batch_size=settings.batch_size)
-    # Loaded now, so that a bad --piece-model fails before any page is read.
+    # Loaded now, so that a bad --piece-model or --string-model fails before any page.
     piece_scorer(settings.piece_model)
+    line_reader(settings.string_model)
     configure_main_threads(settings.workers)
     store = OutputStore(Path(out_dir), new_run_id())
     try:

@@ -24,8 +24,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.normalize import INPUT_SIZE, PIECE_FIELD_FILL, normalize_digit, normalize_piece
-from pipeline.records import FieldCrop, RegisteredPage
+from pipeline.normalize import (
+    INPUT_SIZE,
+    PIECE_FIELD_FILL,
+    normalize_digit,
+    normalize_line,
+    normalize_piece,
+)
+from pipeline.records import FieldCrop, FieldLine, RegisteredPage
 from pipeline.templates import FormField, Template
 
 MARGIN_MM = 3.0
@@ -298,7 +304,10 @@ def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, in
 
 def field_pieces(image: np.ndarray, t: Template, f: FormField) -> list[Piece]:
     """The digit pieces of one field (the ink each crop is normalized from)."""
-    fi = field_ink(image, t, f)
+    return _pieces(field_ink(image, t, f), t, f)
+
+
+def _pieces(fi: FieldInk, t: Template, f: FormField) -> list[Piece]:
     if f.kind == "string":
         from pipeline.segment_string import string_pieces
 
@@ -306,6 +315,21 @@ def field_pieces(image: np.ndarray, t: Template, f: FormField) -> list[Piece]:
     from pipeline.segment_boxes import box_pieces
 
     return box_pieces(fi, f)
+
+
+LINE_MARGIN_MM = 1.0  # ink just outside a string box is still the writer's
+
+
+def string_line(fi: FieldInk) -> np.ndarray:
+    """The string reader's input for a string field: its kept strokes (ink levels) in the
+    field's rectangle plus :data:`LINE_MARGIN_MM`, through
+    :func:`pipeline.normalize.normalize_line`."""
+    bx, by, bw, bh = fi.boxes[0]
+    m = round(Template.px(LINE_MARGIN_MM))
+    y0, y1 = max(0, by - m), min(fi.ink.shape[0], by + bh + m)
+    x0, x1 = max(0, bx - m), min(fi.ink.shape[1], bx + bw + m)
+    ink = np.where(fi.binary[y0:y1, x0:x1] > 0, fi.ink[y0:y1, x0:x1], 0.0)
+    return normalize_line(ink)
 
 
 def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
@@ -316,10 +340,21 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     also drawn at field scale (``piece``) for the piece verifier
     (:func:`pipeline.pieces.score_pieces`).
     """
+    return segment_fields(reg, template)[0]
+
+
+def segment_fields(reg: RegisteredPage, template: Template
+                   ) -> tuple[list[FieldCrop], list[FieldLine]]:
+    """:func:`segment_page`'s crops, plus every string field whole for the string reader
+    (:func:`string_line`), drawn from the same binarized ink."""
     crops: list[FieldCrop] = []
+    lines: list[FieldLine] = []
     zeros = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
     for f in template.fields:
-        pieces = field_pieces(reg.image, template, f)
+        fi = field_ink(reg.image, template, f)
+        pieces = _pieces(fi, template, f)
+        if f.kind == "string" and any(not p.empty for p in pieces):  # (an empty one: no)
+            lines.append(FieldLine(f.name, string_line(fi)))
         fh = string_field_height(f) if f.kind == "string" and len(pieces) > 1 else 0.0
         # Cut variants of digits touching across a box wall are verified too (group >= 1).
         box_fh = box_piece_height(f) if f.kind != "string" else 0.0
@@ -341,4 +376,4 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
                     piece=normalize_piece(p.ink, scale) if scale and not p.empty else None,
                 )
             )
-    return crops
+    return crops, lines

@@ -38,6 +38,10 @@ class RunSettings(BaseModel):
     piece_model: str = Field(
         "default", description="String-field piece verifier weights ('default' = shipped, "
         "'none' = choose splits without it).")
+    string_model: str = Field(
+        "default", description="Whole-string reader for string fields ('default' = shipped, "
+        "'none' = off): where digits touch, a reading it agrees with needs no review for "
+        "the cut.")
     second_opinion: str = Field(
         "auto", description="Second digit model for the crops the first is unsure of: "
         "'auto' (the shipped one, when paired with the model in use), 'none', or a file "

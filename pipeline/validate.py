@@ -71,6 +71,10 @@ MIN_CANDIDATE_PROB = 1e-4  # non-top digits below this are never substituted
 # "touching_split": touching digits cut where the piece verifier was sure (assemble).
 INFO_FLAGS = frozenset({"likely", "overrun", "touching_split"})
 
+# Reasons that note what happened to an accepted field rather than doubt it: a reading
+# corrected by the rules (with a clear margin), a string the whole-string reader agreed with.
+NOTE_REASONS = frozenset({"corrected_by_validation", "string_reader_agrees"})
+
 STATUS_ACCEPTED = "accepted"
 STATUS_REVIEW = "needs_review"
 STATUS_EMPTY = "empty"

@@ -26,7 +26,7 @@ from pipeline.errors import FormdigitsError, UsageError
 from pipeline.run import process
 from pipeline.settings import RunSettings
 from pipeline.store import read_table
-from tests.test_run import FakePredictor, _png, fake_register, fake_segment
+from tests.test_run import FakePredictor, _png, fake_register, fake_segment_fields
 
 SETTINGS: dict[str, Any] = {"templates": ["delivery"], "workers": 0, "batch_size": 16}
 SETTLE = 0.2
@@ -53,7 +53,7 @@ def install_fakes() -> None:
     import pipeline.segment
 
     patches = [(pipeline.register, "register_page", fake_register),
-               (pipeline.segment, "segment_page", fake_segment),
+               (pipeline.segment, "segment_fields", fake_segment_fields),
                (intake, "cached_predictor", lambda *a, **k: FakePredictor())]
     for module, name, value in patches:
         setattr(module, name, value)
@@ -62,7 +62,7 @@ def install_fakes() -> None:
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pipeline.register.register_page", fake_register)
-    monkeypatch.setattr("pipeline.segment.segment_page", fake_segment)
+    monkeypatch.setattr("pipeline.segment.segment_fields", fake_segment_fields)
     monkeypatch.setattr(intake, "cached_predictor", lambda *a, **k: FakePredictor())
 
 

@@ -75,10 +75,10 @@ def bank() -> Any:
 
 def test_training_pieces_come_from_the_production_segmenter(bank: Any) -> None:
     """Written strings cut by string_pieces yield both labels, normalized at field scale."""
-    from models.pieces import _fields, sample_pieces
+    from models.pieces import sample_pieces, string_field_blanks
 
     rng = np.random.default_rng(3)
-    fields = _fields()
+    fields = string_field_blanks()
     assert {fd.field.kind for fd in fields} == {"string"}
     xs, ys = [], []
     for i in range(12):
@@ -93,10 +93,10 @@ def test_training_pieces_come_from_the_production_segmenter(bank: Any) -> None:
 @pytest.mark.slow
 def test_training_learns_to_tell_pieces_apart(bank: Any) -> None:
     """A short training run on real cut pieces beats always answering the majority."""
-    from models.pieces import _fields, sample_pieces, train_pieces
+    from models.pieces import sample_pieces, string_field_blanks, train_pieces
 
     rng = np.random.default_rng(5)
-    fields = _fields()
+    fields = string_field_blanks()
     xs, ys = [], []
     for i in range(160):
         x, y = sample_pieces(fields[i % len(fields)], bank, rng)

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline import commit, store
 from pipeline.assemble import choose_crops
 from pipeline.errors import OutputLockedError, RegistrationError
-from pipeline.records import FieldCrop, Page, PageKey, RegisteredPage
+from pipeline.records import FieldCrop, FieldLine, Page, PageKey, RegisteredPage
 from pipeline.run import process
 from pipeline.settings import RunSettings
 from pipeline.store import OutputStore, read_table
@@ -89,10 +89,15 @@ def fake_segment(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     return crops
 
 
+def fake_segment_fields(reg: RegisteredPage, template: Template
+                        ) -> tuple[list[FieldCrop], list[FieldLine]]:
+    return fake_segment(reg, template), []  # no string lines: the rule is tested elsewhere
+
+
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pipeline.register.register_page", fake_register)
-    monkeypatch.setattr("pipeline.segment.segment_page", fake_segment)
+    monkeypatch.setattr("pipeline.segment.segment_fields", fake_segment_fields)
 
 
 def _png(path: Path, corner: int = 255) -> None:

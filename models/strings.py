@@ -1,0 +1,224 @@
+"""The string reader: a segmentation-free CRNN + CTC model for whole string fields.
+
+String fields are written freely, and neighbouring digits touch. The pipeline reads them
+by cutting (``pipeline.segment_string``) and choosing among cuts with the digit model and
+the piece verifier; where digits touch, the cut is the weak point, so such fields go to
+review unless the cut is sure. ``stringnet`` reads the same field *without cutting it*:
+a small CNN turns the field into a sequence of columns, a bidirectional GRU reads them,
+and CTC (Graves et al., 2006) scores every digit string. Because it never sees the cuts,
+agreeing with the segmenter's reading is independent evidence that the cut was right
+(:mod:`pipeline.lines` applies it).
+
+Training data are strings of MNIST **training** digits written into the shipped
+templates' string fields exactly as the synthesizer writes them
+(``pipeline.handwriting.layout_string``), scanned lightly (downscale, blur, noise) and
+cleaned by the production code (``field_ink`` → :func:`pipeline.segment.string_line`),
+the same function the pipeline calls. A temperature on the logits is fitted on a
+held-out tenth (the sequence NLL), and stored in the contract.
+
+    python -m models.strings --out models/stringnet.safetensors \\
+        [--strings 40000] [--epochs 8] [--seed 21]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.contract import Contract
+from models.pieces import StringFieldBlank, string_field_blanks
+from models.registry import create_model
+from models.weights import STRINGS_WEIGHTS, save_model
+from pipeline.handwriting import FILL_DPI, DigitBank, composite, layout_string, sample_pen
+from pipeline.normalize import LINE_HEIGHT, LINE_WIDTH
+from pipeline.segment import field_ink, string_line
+from pipeline.templates import WORK_DPI
+
+VERSION = "stringnet-1.0"
+LABELS = ("blank", *(str(d) for d in range(10)))
+
+
+def ctc_nll(logits: torch.Tensor, values: list[str]) -> torch.Tensor:
+    """``-log P(value | line)`` per line under CTC; ``logits`` ``(N, T, 11)``, class 0 blank.
+
+    An empty value has no CTC path of its own worth scoring here; it is scored as the
+    all-blank path (the probability that the line holds no digit).
+    """
+    lp = F.log_softmax(logits.float(), 2)
+    n, t, _ = lp.shape
+    if any(not v for v in values):
+        blank = lp[:, :, 0].sum(1)
+    keep = [i for i, v in enumerate(values) if v]
+    out = torch.empty(n, dtype=lp.dtype)
+    if keep:
+        flat = torch.tensor([int(ch) + 1 for i in keep for ch in values[i]], dtype=torch.long)
+        lens = torch.tensor([len(values[i]) for i in keep], dtype=torch.long)
+        steps = torch.full((len(keep),), t, dtype=torch.long)
+        out[keep] = F.ctc_loss(lp[keep].transpose(0, 1), flat, steps, lens, blank=0,
+                               reduction="none", zero_infinity=True)
+    for i, v in enumerate(values):
+        if not v:
+            out[i] = -blank[i]
+    return out
+
+
+def greedy_decode(logits: torch.Tensor) -> list[str]:
+    """Best-path CTC decoding: the most probable class per column, repeats and blanks
+    removed."""
+    out = []
+    for row in logits.argmax(2).tolist():
+        s, prev = [], 0
+        for k in row:
+            if k not in (prev, 0):
+                s.append(str(k - 1))
+            prev = k
+        out.append("".join(s))
+    return out
+
+
+def sample_line(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
+                ) -> tuple[np.ndarray, str]:
+    """Write one random string into a blank string field and return the string reader's
+    input for it, as the pipeline would cut it, with its value."""
+    f = fd.field
+    s = round(FILL_DPI / WORK_DPI)
+    n = int(rng.integers(1, (f.max_digits or 7) + 1))
+    value = "".join(str(int(d)) for d in rng.integers(0, 10, n))
+    pen = sample_pen(rng, color_page=True)
+    canvas = fd.region_fill.copy()
+    ox, oy = (v * s for v in fd.origin)
+    for p, cx, cy in layout_string(f, value, bank, pen, rng, FILL_DPI):
+        composite(canvas, p, cx - ox, cy - oy, pen.color)
+    size = (canvas.shape[1] // s, canvas.shape[0] // s)
+    small = cv2.resize(canvas[:, :, 0], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    gray = cv2.GaussianBlur(small, (3, 3), float(rng.uniform(0.3, 0.9)))
+    np.add(gray, rng.normal(0.0, rng.uniform(1.0, 6.0), gray.shape), out=gray,
+           casting="unsafe")
+    image = fd.blank_work.copy()
+    x0, y0 = fd.origin
+    image[y0 : y0 + size[1], x0 : x0 + size[0]] = np.clip(gray, 0, 255).astype(np.uint8)
+    return string_line(field_ink(image, fd.template, f)), value
+
+
+def make_lines(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``(N, 32, 160)`` uint8 lines and their values from ``strings`` written strings."""
+    from rich.progress import track
+
+    rng = np.random.default_rng(seed)
+    fields = string_field_blanks()
+    x = np.zeros((strings, LINE_HEIGHT, LINE_WIDTH), np.uint8)
+    y: list[str] = []
+    for i in track(range(strings), description="writing strings"):
+        x[i], v = sample_line(fields[i % len(fields)], bank, rng)
+        y.append(v)
+    return x, y
+
+
+def fit_ctc_temperature(logits: torch.Tensor, values: list[str]) -> float:
+    """The logit temperature minimizing the mean sequence NLL (grid 0.5-2, then refined)."""
+    def loss(t: float) -> float:
+        return float(ctc_nll(logits / t, values).mean())
+
+    grid = np.exp(np.linspace(np.log(0.5), np.log(2.0), 25))
+    best = float(min(grid, key=loss))
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 13))
+    return float(min(fine, key=loss))
+
+
+def train_lines(x: np.ndarray, y: list[str], *, epochs: int = 8, seed: int = 21,
+                val_fraction: float = 0.05) -> tuple[nn.Module, Contract, dict[str, float]]:
+    """Train ``stringnet`` with CTC; temperature and accuracy on a held-out share."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_val = max(1, int(val_fraction * len(x)))
+    val, tr = order[:n_val], order[n_val:]
+    contract = Contract(arch="stringnet", input_size=LINE_HEIGHT, fit_box=LINE_WIDTH,
+                        mean=0.0, std=1.0, labels=LABELS, version=VERSION,
+                        ink="whole string field, white-on-black, height 32, left-aligned "
+                            "in width 160 (normalize_line)")
+    model = create_model("stringnet")
+    xt = torch.from_numpy(x)
+    bs = 128
+    steps = epochs * math.ceil(len(tr) / bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps,
+                                                pct_start=0.15)
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        task = progress.add_task("training stringnet", total=steps)
+        for _ in range(epochs):
+            model.train()
+            perm = rng.permutation(tr)
+            for b in range(0, len(perm), bs):
+                idx = perm[b : b + bs]
+                inp = contract.to_input(xt[idx])
+                # A line sits anywhere in its box, and pens differ in darkness.
+                shift = int(rng.integers(0, 8))
+                if shift:
+                    inp = torch.roll(inp, shift, dims=3)
+                inp = inp * float(rng.uniform(0.7, 1.3))
+                loss = ctc_nll(model(inp), [y[i] for i in idx]).mean()
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                progress.advance(task)
+    model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([model(contract.to_input(xt[val[i : i + 512]]))
+                            for i in range(0, len(val), 512)])
+    yv = [y[i] for i in val]
+    temperature = fit_ctc_temperature(logits, yv)
+    stats = {
+        "val_string_accuracy": float(np.mean([p == v for p, v in
+                                              zip(greedy_decode(logits), yv, strict=True)])),
+        "val_nll": float(ctc_nll(logits / temperature, yv).mean()),
+        "val_strings": float(len(val)),
+        "train_strings": float(len(tr)),
+        "temperature": temperature,
+    }
+    return model, contract.with_(temperature=temperature), stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate lines from MNIST training digits, train, and save the string reader."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=STRINGS_WEIGHTS)
+    ap.add_argument("--digits", default="mnist", help="digit source (training split)")
+    ap.add_argument("--strings", type=int, default=40000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    from pipeline.synth import load_bank
+
+    torch.set_num_threads(a.threads)
+    cv2.setNumThreads(1)
+    t0 = time.perf_counter()
+    x, y = make_lines(load_bank(a.digits, "train"), a.strings, a.seed)
+    t1 = time.perf_counter()
+    model, contract, stats = train_lines(x, y, epochs=a.epochs, seed=a.seed)
+    t2 = time.perf_counter()
+    card = {"training": {"digits": f"{a.digits}:train", "strings": a.strings,
+                         "epochs": a.epochs, "seed": a.seed,
+                         "data_seconds": round(t1 - t0, 1),
+                         "train_seconds": round(t2 - t1, 1)}, **stats}
+    save_model(model, contract, a.out, card)
+    print({k: round(v, 4) for k, v in stats.items()}, f"data {t1 - t0:.0f} s, "
+          f"training {t2 - t1:.0f} s → {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The string reader in the pipeline: load it, read a page's string fields whole, and
+check a reading against it.
+
+Segmentation draws each string field whole (``FieldLine``, :func:`pipeline.segment.
+string_line`) beside its digit candidates. Here the string reader (``models/stringnet``,
+a CRNN with a CTC head trained by ``models.strings``) turns each into per-column
+log-probabilities, and :func:`line_check` answers, for the value the segmenter chose:
+what does the reader read on its own, and how probable does it find that value? Field
+assembly (:mod:`pipeline.assemble`) uses the answer to lift the touching-digits doubt when
+both readers agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.errors import ModelError
+from pipeline.records import FieldLine
+
+
+@functools.lru_cache(maxsize=4)
+def line_reader(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The string reader as ``lines (N, 32, 160) uint8 → log-probs (N, T, 11)``, or None.
+
+    Loaded once per process; it runs on the CPU in the main process, one page's string
+    fields at a time (one or two lines: not worth a trip to a GPU). The contract's
+    temperature is applied, so the log-probabilities are calibrated.
+    """
+    if path == "none":
+        return None
+    from models.weights import STRINGS_WEIGHTS, load_model
+
+    model, contract = load_model(STRINGS_WEIGHTS if path == "default" else path)
+    if contract.arch != "stringnet":
+        raise ModelError(f"{path}: a '{contract.arch}' model, not a string reader",
+                         hint="Pass a stringnet weights file, 'default' or 'none'.")
+    model.eval()
+
+    def read(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(contract.to_input_np(pixels)) / contract.temperature
+            return torch.log_softmax(logits.float(), 2).numpy()
+
+    return read
+
+
+def read_lines(lines: Sequence[FieldLine], reader: Callable[[np.ndarray], np.ndarray] | None
+               ) -> tuple[FieldLine, ...]:
+    """``lines`` with ``log_probs`` filled by ``reader`` (unchanged when it is None)."""
+    if reader is None or not lines:
+        return tuple(lines)
+    lp = reader(np.stack([ln.pixels for ln in lines]))
+    return tuple(dataclasses.replace(ln, log_probs=lp[i]) for i, ln in enumerate(lines))
+
+
+def best_path(log_probs: np.ndarray) -> str:
+    """The reader's own reading: the most probable class per column, repeats merged and
+    blanks (class 0) removed (best-path CTC decoding)."""
+    out: list[str] = []
+    prev = 0
+    for k in np.asarray(log_probs).argmax(1).tolist():
+        if k not in (prev, 0):
+            out.append(str(k - 1))
+        prev = k
+    return "".join(out)
+
+
+def value_log_prob(log_probs: np.ndarray, value: str) -> float:
+    """``log P(value | line)`` summed over every CTC alignment (forward algorithm).
+
+    An empty value is the all-blank path. Exact, in log space; a few dozen columns and at
+    most a dozen digits, so a small numpy loop over columns.
+    """
+    lp = np.asarray(log_probs, np.float64)
+    if not value:
+        return float(lp[:, 0].sum())
+    labels = [0]
+    for ch in value:
+        labels += [int(ch) + 1, 0]
+    s = len(labels)
+    lab = np.array(labels)
+    # A label may skip the blank before it when it differs from the label two back.
+    skip = np.zeros(s, bool)
+    skip[2:] = (lab[2:] != 0) & (lab[2:] != lab[:-2])
+    alpha = np.full(s, -np.inf)
+    alpha[0] = lp[0, lab[0]]
+    alpha[1] = lp[0, lab[1]]
+    for t in range(1, lp.shape[0]):
+        prev1 = np.concatenate(([-np.inf], alpha[:-1]))
+        prev2 = np.where(skip, np.concatenate(([-np.inf, -np.inf], alpha[:-2])), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(alpha, prev1), prev2) + lp[t, lab]
+    return float(np.logaddexp(alpha[-1], alpha[-2]))
+
+
+def line_check(line: FieldLine | None, value: str) -> tuple[str, float] | None:
+    """``(the reader's own reading, P(value))`` for a read line; None when unread."""
+    if line is None or line.log_probs is None:
+        return None
+    return best_path(line.log_probs), float(np.exp(value_log_prob(line.log_probs, value)))
