@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -95,6 +97,23 @@ def _label(piece_ink: np.ndarray, own: np.ndarray, totals: np.ndarray) -> int | 
     return None
 
 
+def scan_region(fd: StringFieldBlank, canvas: np.ndarray, rng: np.random.Generator
+                ) -> tuple[np.ndarray, tuple[int, int]]:
+    """A light scan of a written field region (``canvas``, RGB at FILL_DPI): area downscale
+    to WORK_DPI, blur and noise, pasted into the blank page. Returns the page at WORK_DPI
+    and the region's size there ``(w, h)``."""
+    s = round(FILL_DPI / WORK_DPI)
+    size = (canvas.shape[1] // s, canvas.shape[0] // s)
+    small = cv2.resize(canvas[:, :, 0], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    gray = cv2.GaussianBlur(small, (3, 3), float(rng.uniform(0.3, 0.9)))
+    np.add(gray, rng.normal(0.0, rng.uniform(1.0, 6.0), gray.shape), out=gray,
+           casting="unsafe")
+    image = fd.blank_work.copy()
+    x0, y0 = fd.origin
+    image[y0 : y0 + size[1], x0 : x0 + size[0]] = np.clip(gray, 0, 255).astype(np.uint8)
+    return image, size
+
+
 def sample_pieces(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
                   ) -> tuple[list[np.ndarray], list[int]]:
     """Write one random string into ``fd`` and label the segmenter's candidate pieces."""
@@ -108,18 +127,12 @@ def sample_pieces(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generato
     for i, (p, cx, cy) in enumerate(layout_string(f, value, bank, pen, rng, FILL_DPI)):
         composite(canvas, p, cx - ox, cy - oy, pen.color)
         composite(layers[i], p, cx - ox, cy - oy, (255, 255, 255))
-    size = (canvas.shape[1] // s, canvas.shape[0] // s)
-    small = cv2.resize(canvas[:, :, 0], size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    gray = cv2.GaussianBlur(small, (3, 3), float(rng.uniform(0.3, 0.9)))
-    np.add(gray, rng.normal(0.0, rng.uniform(1.0, 6.0), gray.shape), out=gray,
-           casting="unsafe")
+    image, size = scan_region(fd, canvas, rng)
     own_l = np.stack([cv2.resize(ly[:, :, 0], size, interpolation=cv2.INTER_AREA)
                       for ly in layers])
     own = np.where(own_l.max(axis=0) >= OWNER_MIN, own_l.argmax(axis=0), -1)
     totals = np.bincount(own[own >= 0], minlength=n)
-    image = fd.blank_work.copy()
     x0, y0 = fd.origin
-    image[y0 : y0 + size[1], x0 : x0 + size[0]] = np.clip(gray, 0, 255).astype(np.uint8)
     fi = field_ink(image, fd.template, f)
     field_h = string_field_height(f)
     xs, ys = [], []
@@ -155,14 +168,21 @@ def make_dataset(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, 
     return np.stack(xs), np.asarray(ys, np.int64)
 
 
+def seeded_split(n: int, val_fraction: float, seed: int
+                 ) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """Seed torch and numpy for a training run and hold out ``val_fraction`` of ``n``
+    samples: ``(rng, validation indices, training indices)``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = max(1, int(val_fraction * n))
+    return rng, order[:n_val], order[n_val:]
+
+
 def train_pieces(x: np.ndarray, y: np.ndarray, *, epochs: int = 4, seed: int = 7,
                  val_fraction: float = 0.1) -> tuple[torch.nn.Module, Contract, dict[str, float]]:
     """Train ``piecenet`` on labelled pieces; temperature fitted on a held-out tenth."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_val = max(1, int(val_fraction * len(x)))
-    val, tr = order[:n_val], order[n_val:]
+    rng, val, tr = seeded_split(len(x), val_fraction, seed)
     contract = Contract(arch="piecenet", labels=LABELS, version=VERSION,
                         ink="white-on-black piece at field scale (normalize_piece), centred")
     model = create_model("piecenet")
@@ -200,14 +220,19 @@ def train_pieces(x: np.ndarray, y: np.ndarray, *, epochs: int = 4, seed: int = 7
     return model, contract.with_(temperature=temperature), stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Generate pieces from MNIST training digits, train, and save the verifier."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=PIECES_WEIGHTS)
+def run_recipe(argv: list[str] | None, doc: str, out: Path, strings: int, epochs: int,
+               seed: int, make: Callable[[DigitBank, int, int], tuple[Any, Any]],
+               train: Callable[..., tuple[torch.nn.Module, Contract, dict[str, float]]]
+               ) -> int:
+    """The command line shared by the string-field recipes (this one, ``models.strings``):
+    write ``--strings`` strings of the training digits with ``make``, ``train`` on them,
+    save weights and card (with the recipe's settings and timings)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--digits", default="mnist", help="digit source (training split)")
-    ap.add_argument("--strings", type=int, default=16000)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--strings", type=int, default=strings)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--seed", type=int, default=seed)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     from pipeline.synth import load_bank
@@ -215,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(1)
     t0 = time.perf_counter()
-    x, y = make_dataset(load_bank(a.digits, "train"), a.strings, a.seed)
+    x, y = make(load_bank(a.digits, "train"), a.strings, a.seed)
     t1 = time.perf_counter()
-    model, contract, stats = train_pieces(x, y, epochs=a.epochs, seed=a.seed)
+    model, contract, stats = train(x, y, epochs=a.epochs, seed=a.seed)
     t2 = time.perf_counter()
     card = {"training": {"digits": f"{a.digits}:train", "strings": a.strings,
                          "epochs": a.epochs, "seed": a.seed,
@@ -227,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     print({k: round(v, 4) for k, v in stats.items()}, f"data {t1 - t0:.0f} s, "
           f"training {t2 - t1:.0f} s → {a.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate pieces from MNIST training digits, train, and save the verifier."""
+    return run_recipe(argv, __doc__ or "", PIECES_WEIGHTS, 16000, 6, 11, make_dataset,
+                      train_pieces)
 
 
 if __name__ == "__main__":

@@ -22,21 +22,23 @@ held-out tenth (the sequence NLL), and stored in the contract.
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.contract import Contract
-from models.pieces import StringFieldBlank, string_field_blanks
+from models.pieces import (
+    StringFieldBlank,
+    run_recipe,
+    scan_region,
+    seeded_split,
+    string_field_blanks,
+)
 from models.registry import create_model
-from models.weights import STRINGS_WEIGHTS, save_model
+from models.weights import STRINGS_WEIGHTS
 from pipeline.handwriting import FILL_DPI, DigitBank, composite, layout_string, sample_pen
 from pipeline.normalize import LINE_HEIGHT, LINE_WIDTH
 from pipeline.segment import field_ink, string_line
@@ -97,14 +99,7 @@ def sample_line(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
     ox, oy = (v * s for v in fd.origin)
     for p, cx, cy in layout_string(f, value, bank, pen, rng, FILL_DPI):
         composite(canvas, p, cx - ox, cy - oy, pen.color)
-    size = (canvas.shape[1] // s, canvas.shape[0] // s)
-    small = cv2.resize(canvas[:, :, 0], size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    gray = cv2.GaussianBlur(small, (3, 3), float(rng.uniform(0.3, 0.9)))
-    np.add(gray, rng.normal(0.0, rng.uniform(1.0, 6.0), gray.shape), out=gray,
-           casting="unsafe")
-    image = fd.blank_work.copy()
-    x0, y0 = fd.origin
-    image[y0 : y0 + size[1], x0 : x0 + size[0]] = np.clip(gray, 0, 255).astype(np.uint8)
+    image, _ = scan_region(fd, canvas, rng)
     return string_line(field_ink(image, fd.template, f)), value
 
 
@@ -136,11 +131,7 @@ def fit_ctc_temperature(logits: torch.Tensor, values: list[str]) -> float:
 def train_lines(x: np.ndarray, y: list[str], *, epochs: int = 8, seed: int = 21,
                 val_fraction: float = 0.05) -> tuple[nn.Module, Contract, dict[str, float]]:
     """Train ``stringnet`` with CTC; temperature and accuracy on a held-out share."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_val = max(1, int(val_fraction * len(x)))
-    val, tr = order[:n_val], order[n_val:]
+    rng, val, tr = seeded_split(len(x), val_fraction, seed)
     contract = Contract(arch="stringnet", input_size=LINE_HEIGHT, fit_box=LINE_WIDTH,
                         mean=0.0, std=1.0, labels=LABELS, version=VERSION,
                         ink="whole string field, white-on-black, height 32, left-aligned "
@@ -193,31 +184,8 @@ def train_lines(x: np.ndarray, y: list[str], *, epochs: int = 8, seed: int = 21,
 
 def main(argv: list[str] | None = None) -> int:
     """Generate lines from MNIST training digits, train, and save the string reader."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=STRINGS_WEIGHTS)
-    ap.add_argument("--digits", default="mnist", help="digit source (training split)")
-    ap.add_argument("--strings", type=int, default=40000)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=21)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args(argv)
-    from pipeline.synth import load_bank
-
-    torch.set_num_threads(a.threads)
-    cv2.setNumThreads(1)
-    t0 = time.perf_counter()
-    x, y = make_lines(load_bank(a.digits, "train"), a.strings, a.seed)
-    t1 = time.perf_counter()
-    model, contract, stats = train_lines(x, y, epochs=a.epochs, seed=a.seed)
-    t2 = time.perf_counter()
-    card = {"training": {"digits": f"{a.digits}:train", "strings": a.strings,
-                         "epochs": a.epochs, "seed": a.seed,
-                         "data_seconds": round(t1 - t0, 1),
-                         "train_seconds": round(t2 - t1, 1)}, **stats}
-    save_model(model, contract, a.out, card)
-    print({k: round(v, 4) for k, v in stats.items()}, f"data {t1 - t0:.0f} s, "
-          f"training {t2 - t1:.0f} s → {a.out}")
-    return 0
+    return run_recipe(argv, __doc__ or "", STRINGS_WEIGHTS, 40000, 8, 21, make_lines,
+                      train_lines)
 
 
 if __name__ == "__main__":
