@@ -141,6 +141,9 @@ def read_cmd(
         help="Second digit model for doubtful crops: 'auto', 'none', or a paired file.")
     ] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    string_model: Annotated[str, typer.Option(
+        help="String images: also read whole by this string reader ('default', 'none').")
+    ] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Read already-cropped field images and print value, confidence and digits."""
@@ -153,7 +156,8 @@ def read_cmd(
     failed = 0
     for path in images:
         try:
-            row: dict[str, Any] = read_crop_image(path, kind, predictor).to_json()
+            row: dict[str, Any] = read_crop_image(path, kind, predictor,
+                                                  string_model=string_model).to_json()
         except FormdigitsError as exc:
             failed += 1
             row = {"file": str(path), "error": {"type": exc.code, "message": str(exc)}}
@@ -163,7 +167,9 @@ def read_cmd(
             console.print(f"[red]{path}[/]: {row['error']['message']}")
         else:
             conf = "-" if row["confidence"] is None else f"{row['confidence']:.3f}"
-            typer.echo(f"{path}\t{row['value'] or '(empty)'}\t{conf}")
+            whole = row.get("string_reader")
+            also = f"\t(read whole: {whole['reading'] or '(empty)'})" if whole else ""
+            typer.echo(f"{path}\t{row['value'] or '(empty)'}\t{conf}{also}")
     if failed:
         raise InputError(f"{failed} of {len(images)} image(s) could not be read")
 

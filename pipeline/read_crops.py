@@ -47,10 +47,12 @@ class CropReading:
     value: str
     confidence: float | None  # product of the digit confidences; None when empty
     digits: tuple[DigitReading, ...]
+    # string images: the whole-string reader's own reading and its probability of ``value``
+    string_reader: tuple[str, float] | None = None
 
     def to_json(self) -> dict[str, object]:
         """Plain JSON-able dict."""
-        return {
+        out: dict[str, object] = {
             "file": self.file, "value": self.value, "confidence": self.confidence,
             "digits": [
                 {"position": d.position, "digit": d.digit, "confidence": d.confidence,
@@ -58,6 +60,10 @@ class CropReading:
                 for d in self.digits
             ],
         }
+        if self.string_reader is not None:
+            out["string_reader"] = {"reading": self.string_reader[0],
+                                    "value_probability": self.string_reader[1]}
+        return out
 
 
 def parse_kind(kind: str) -> tuple[str, int]:
@@ -106,14 +112,18 @@ def adhoc_page(gray: np.ndarray, kind: str, n: int) -> tuple[Template, np.ndarra
 
 
 def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
-                    limits: Limits | None = None, piece_model: str = "default") -> CropReading:
+                    limits: Limits | None = None, piece_model: str = "default",
+                    string_model: str = "none") -> CropReading:
     """Segment and read one field image (raises an ``InputError`` subclass if unreadable).
 
     String images have their candidate pieces scored by the piece verifier
-    (``piece_model``; 'none' = off), as in the pipeline.
+    (``piece_model``; 'none' = off), as in the pipeline, and, with a ``string_model``
+    ('default' = the shipped one), are also read whole by the string reader
+    (``CropReading.string_reader``).
     """
+    from pipeline.lines import line_check, line_reader, read_lines
     from pipeline.pieces import piece_scorer, score_pieces
-    from pipeline.segment import segment_page
+    from pipeline.segment import segment_fields
 
     shape, n = parse_kind(kind)
     page = load_page(path, 0, limits or Limits.model_validate({}), 150, source=str(path), sha256="")
@@ -121,10 +131,11 @@ def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
     reg = RegisteredPage(key=page.key, template_id=template.id, image=image,
                          homography=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), score=1.0,
                          orientation=0, method="given")
-    crops = [c for c in score_pieces(segment_page(reg, template), piece_scorer(piece_model))
-             if not c.empty]
+    cut, lines = segment_fields(reg, template)
+    crops = [c for c in score_pieces(cut, piece_scorer(piece_model)) if not c.empty]
     if not crops:
         return CropReading(str(path), "", None, ())
+    read = read_lines(lines, line_reader(string_model))
     probs_t = predictor.predict_tensor(torch.from_numpy(np.stack([c.pixels for c in crops])))
     probs = probs_t.detach().cpu().numpy() if isinstance(probs_t, torch.Tensor) \
         else np.asarray(probs_t)
@@ -136,4 +147,6 @@ def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
             position=crops[i].position if shape == "comb" else k, digit=int(top[0]),
             confidence=float(p[top[0]]), top3=tuple((int(d), float(p[d])) for d in top)))
     conf = float(np.prod([d.confidence for d in digits]))
-    return CropReading(str(path), "".join(str(d.digit) for d in digits), conf, tuple(digits))
+    value = "".join(str(d.digit) for d in digits)
+    return CropReading(str(path), value, conf, tuple(digits),
+                       line_check(read[0], value) if read else None)

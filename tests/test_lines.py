@@ -215,3 +215,25 @@ def test_pipeline_checks_touching_strings_with_the_string_reader(tmp_path: Any) 
     doubt = rows["default"][income]
     assert doubt.status == "needs_review" and doubt.value == "53846"
     assert doubt.alternatives[0] == truth["scan_0009"]["income"]["value"] == "538146"
+
+
+def test_read_command_also_reads_string_images_whole(bank: Any, tmp_path: Any) -> None:
+    """``formdigits read --kind string``: each cut-out string of real digits is also read
+    whole by the string reader, which reads most of them right (10 strings, fixed seed);
+    with 'none' the key is absent."""
+    from models.predictor import Predictor
+    from pipeline.read_crops import read_crop_image
+    from tests.test_pieces import write_string_crop
+
+    pred = Predictor.load("default", device="cpu")
+    rng = np.random.default_rng(12)
+    right = 0
+    for i in range(10):
+        path, value = write_string_crop(bank, rng, tmp_path / f"s{i}.png")
+        out = read_crop_image(path, "string", pred, string_model="default").to_json()
+        whole = out["string_reader"]
+        assert isinstance(whole, dict) and 0.0 <= whole["value_probability"] <= 1.0
+        right += whole["reading"] == value
+        if i == 0:
+            assert "string_reader" not in read_crop_image(path, "string", pred).to_json()
+    assert right >= 7

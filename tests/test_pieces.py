@@ -201,32 +201,39 @@ def test_pieces_are_scored_in_the_main_process_and_dropped() -> None:
     assert score_pieces([piece], None)[0].single == 1.0
 
 
-def test_read_command_uses_the_verifier_on_string_images(bank: Any, tmp_path: Any) -> None:
-    """``formdigits read --kind string`` on cut-out strings of touching real digits: with
-    the verifier it reads more of them right than without (24 strings, fixed seed)."""
+def write_string_crop(bank: Any, rng: np.random.Generator, path: Any) -> tuple[Any, str]:
+    """A cut-out image of a random 2-6 digit string written as the synthesizer writes the
+    ``delivery`` form's string field (neighbours may touch), saved to ``path``."""
     import cv2
 
-    from models.predictor import Predictor
     from pipeline.handwriting import FILL_DPI, composite, layout_string, sample_pen
-    from pipeline.read_crops import read_crop_image
     from pipeline.templates import load_template
 
     field = next(f for f in load_template("delivery").fields if f.kind == "string")
+    value = "".join(str(int(x)) for x in rng.integers(0, 10, int(rng.integers(2, 7))))
+    pen = sample_pen(rng, color_page=False)
+    placed = layout_string(field, value, bank, pen, rng, FILL_DPI)
+    x0, y0 = min(p[1] for p in placed), float(np.mean([p[2] for p in placed]))
+    page = np.full((400, int(max(p[1] for p in placed) - x0 + 400), 3), 255, np.uint8)
+    for patch, cx, cy in placed:
+        composite(page, patch, cx - x0 + 150, cy - y0 + 200, pen.color)
+    ys, xs = np.nonzero(page[:, :, 0] < 200)
+    cv2.imwrite(str(path), page[ys.min() - 10 : ys.max() + 10, xs.min() - 10 : xs.max() + 10, 0])
+    return path, value
+
+
+def test_read_command_uses_the_verifier_on_string_images(bank: Any, tmp_path: Any) -> None:
+    """``formdigits read --kind string`` on cut-out strings of touching real digits: with
+    the verifier it reads more of them right than without (24 strings, fixed seed)."""
+
+    from models.predictor import Predictor
+    from pipeline.read_crops import read_crop_image
+
     pred = Predictor.load("default", device="cpu")
     rng = np.random.default_rng(77)
     right = {"default": 0, "none": 0}
     for i in range(24):
-        value = "".join(str(int(x)) for x in rng.integers(0, 10, int(rng.integers(2, 7))))
-        pen = sample_pen(rng, color_page=False)
-        placed = layout_string(field, value, bank, pen, rng, FILL_DPI)
-        x0, y0 = min(p[1] for p in placed), float(np.mean([p[2] for p in placed]))
-        page = np.full((400, int(max(p[1] for p in placed) - x0 + 400), 3), 255, np.uint8)
-        for patch, cx, cy in placed:
-            composite(page, patch, cx - x0 + 150, cy - y0 + 200, pen.color)
-        ys, xs = np.nonzero(page[:, :, 0] < 200)
-        path = tmp_path / f"s{i}.png"
-        crop = page[ys.min() - 10 : ys.max() + 10, xs.min() - 10 : xs.max() + 10, 0]
-        cv2.imwrite(str(path), crop)
+        path, value = write_string_crop(bank, rng, tmp_path / f"s{i}.png")
         for pm in right:
             right[pm] += read_crop_image(path, "string", pred, piece_model=pm).value == value
     assert right["default"] > right["none"]
