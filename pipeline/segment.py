@@ -26,6 +26,8 @@ import numpy as np
 
 from pipeline.normalize import (
     INPUT_SIZE,
+    LINE_HEIGHT,
+    LINE_WIDTH,
     PIECE_FIELD_FILL,
     normalize_digit,
     normalize_line,
@@ -320,6 +322,17 @@ def _pieces(fi: FieldInk, t: Template, f: FormField) -> list[Piece]:
 LINE_MARGIN_MM = 1.0  # ink just outside a string box is still the writer's
 
 
+def reads_whole(f: FormField) -> bool:
+    """Whether the string reader can read field ``f`` whole: a string field whose rectangle
+    (plus margins) fits its input without being squeezed (at most LINE_WIDTH / LINE_HEIGHT
+    times as wide as high). It was trained on the shipped fields (~4.8); a much longer
+    field would reach it squeezed, and its readings would be noise."""
+    if f.kind != "string":
+        return False
+    _, _, w, h = f.boxes_mm()[0]
+    return (w + 2 * LINE_MARGIN_MM) <= (h + 2 * LINE_MARGIN_MM) * LINE_WIDTH / LINE_HEIGHT
+
+
 def string_line(fi: FieldInk) -> np.ndarray:
     """The string reader's input for a string field: its kept strokes (ink levels) in the
     field's rectangle plus :data:`LINE_MARGIN_MM`, through
@@ -353,7 +366,7 @@ def segment_fields(reg: RegisteredPage, template: Template
     for f in template.fields:
         fi = field_ink(reg.image, template, f)
         pieces = _pieces(fi, template, f)
-        if f.kind == "string" and any(not p.empty for p in pieces):  # (an empty one: no)
+        if reads_whole(f) and any(not p.empty for p in pieces):  # (an empty one: no)
             lines.append(FieldLine(f.name, string_line(fi)))
         fh = string_field_height(f) if f.kind == "string" and len(pieces) > 1 else 0.0
         # Cut variants of digits touching across a box wall are verified too (group >= 1).

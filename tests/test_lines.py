@@ -237,3 +237,17 @@ def test_read_command_also_reads_string_images_whole(bank: Any, tmp_path: Any) -
         if i == 0:
             assert "string_reader" not in read_crop_image(path, "string", pred).to_json()
     assert right >= 7
+
+
+def test_only_fields_the_reader_can_see_unsqueezed_are_read_whole() -> None:
+    """The shipped string fields are read whole; a boxed field, or a string field far
+    longer than the reader's 5:1 input, is not (its reading would be noise)."""
+    from pipeline.segment import reads_whole
+    from pipeline.templates import load_templates
+
+    fields = [f for t in load_templates(()) for f in t.fields]
+    assert [f.name for f in fields if reads_whole(f)] == [
+        f.name for f in fields if f.kind == "string"]
+    long = next(f for f in fields if f.kind == "string")
+    wide = long.model_copy(update={"w_mm": 160.0})
+    assert not reads_whole(wide)
