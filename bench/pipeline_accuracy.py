@@ -72,21 +72,14 @@ def threshold_sweep(out: Path, truth_dir: Path) -> dict[str, object]:
     """
     from collections import Counter
 
-    from pipeline.score import latest_fields, load_truth
+    from pipeline.score import truth_pairs
     from pipeline.validate import NOTE_REASONS
 
-    truth = load_truth(truth_dir)
-    want = {(stem, page, name): str(tf.get("value") or "")
-            for (stem, page), tp in truth.items() for name, tf in tp.get("fields", {}).items()}
     rows = []
     reasons: Counter[str] = Counter()
-    for r in latest_fields(out).itertuples():
-        tv = want.get((Path(str(r.source)).stem, int(r.page), str(r.field)))
-        if tv is None:
-            continue
-        value = "" if r.value is None or r.value != r.value else str(r.value)
+    for r, tv in truth_pairs(out, truth_dir):
         other = [x for x in r.reasons if x != "low_confidence" and x not in NOTE_REASONS]
-        rows.append((float(r.confidence), bool(other), value == tv, value == "" and tv == ""))
+        rows.append((float(r.confidence), bool(other), r.value == tv, r.value == "" == tv))
         if r.status == "needs_review":
             reasons.update(f"{r.kind}: {x}" for x in r.reasons)
     sweep = []

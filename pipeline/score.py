@@ -101,6 +101,21 @@ class _Tally:
         }
 
 
+def truth_pairs(out_dir: str | Path, truth_dir: str | Path) -> list[tuple[Any, str]]:
+    """Every field row of ``out_dir`` that the truth knows, with its true value ('' = empty):
+    ``(row, true value)``; ``row.value`` is normalized to a string ('' when empty)."""
+    truth = load_truth(truth_dir)
+    want = {(stem, page, name): str(tf.get("value") or "")
+            for (stem, page), tp in truth.items() for name, tf in tp.get("fields", {}).items()}
+    out = []
+    for r in latest_fields(out_dir).itertuples():
+        tv = want.get((Path(str(r.source)).stem, int(r.page), str(r.field)))
+        if tv is not None:
+            value = "" if r.value is None or r.value != r.value else str(r.value)
+            out.append((r._replace(value=value), tv))
+    return out
+
+
 def _predicted_boxes(value: str, positions: list[int], digits: list[int]) -> dict[int, int]:
     if len(value) == len(positions) and value.isdigit():
         return {p: int(c) for p, c in zip(positions, value, strict=True)}

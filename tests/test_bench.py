@@ -198,3 +198,30 @@ def test_segmentation_doubts_counts_the_sample_scans(tmp_path):
     assert [b["fields"] for b in res["by_confidence"]] == sorted(
         (b["fields"] for b in res["by_confidence"]), reverse=True)
     assert sum(res["fields"].values()) >= only["fields"]
+
+
+@pytest.mark.slow
+def test_field_calibration_bins_the_sample_scans(tmp_path):
+    """Every written field without another doubt lands in exactly one bin of ``all``; the
+    expected errors are the bins' summed doubt, and a field read wrong is counted wrong."""
+    from pathlib import Path
+
+    from bench.field_calibration import calibration
+    from pipeline.run import process
+    from pipeline.score import truth_pairs
+    from pipeline.settings import RunSettings
+
+    root = Path(__file__).resolve().parents[1] / "sample_scans"
+    out = tmp_path / "out"
+    process([root], out, RunSettings.model_validate({"workers": 0, "device": "cpu"}))
+    table = calibration([(out, root / "truth")])
+    rows = [x for x in table if x["kind"] == "all"]
+    pairs = [(r, tv) for r, tv in truth_pairs(out, root / "truth") if tv and not [
+        x for x in r.reasons if x not in ("low_confidence", "corrected_by_validation",
+                                           "string_reader_agrees")]]
+    assert sum(x["fields"] for x in rows) == len(pairs) > 50
+    assert sum(x["wrong"] for x in rows) == sum(r.value != tv for r, tv in pairs)
+    assert sum(x["expected_wrong"] for x in rows) == pytest.approx(
+        sum(1 - r.confidence for r, _ in pairs), abs=0.05)
+    assert [x["from"] for x in rows] == sorted(x["from"] for x in rows)
+    assert {x["kind"] for x in table} >= {"boxes", "string", "all"}
