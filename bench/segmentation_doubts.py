@@ -16,24 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from pipeline.score import latest_fields, load_truth
+from pipeline.score import truth_pairs
 
 THRESHOLDS = (0.9, 0.95, 0.98, 0.99, 0.995)
 
 
 def doubts(out: Path, truth: Path) -> dict[str, Any]:
     """Counts of segmentation-doubted fields, right and wrong."""
-    pages = load_truth(truth)
     counts: collections.Counter[str] = collections.Counter()
     only: list[tuple[float, bool]] = []
-    for r in latest_fields(out).itertuples():
-        tf = pages.get((Path(str(r.source)).stem, int(r.page)), {}).get("fields", {}).get(r.field)
-        if tf is None:
-            continue
-        value = "" if r.value is None or pd.isna(r.value) else str(r.value)
-        right = value == str(tf.get("value") or "")
+    for r, tv in truth_pairs(out, truth):
+        right = r.value == tv
         reasons = [str(x) for x in r.reasons]
         seg = [x for x in reasons if x.startswith("segmentation:")]
         alone = len(seg) == len(reasons)

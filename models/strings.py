@@ -40,6 +40,7 @@ from models.pieces import (
 from models.registry import create_model
 from models.weights import STRINGS_WEIGHTS
 from pipeline.handwriting import FILL_DPI, DigitBank, composite, layout_string, sample_pen
+from pipeline.lines import best_path
 from pipeline.normalize import LINE_HEIGHT, LINE_WIDTH
 from pipeline.segment import field_ink, string_line
 from pipeline.templates import WORK_DPI
@@ -49,41 +50,14 @@ LABELS = ("blank", *(str(d) for d in range(10)))
 
 
 def ctc_nll(logits: torch.Tensor, values: list[str]) -> torch.Tensor:
-    """``-log P(value | line)`` per line under CTC; ``logits`` ``(N, T, 11)``, class 0 blank.
-
-    An empty value has no CTC path of its own worth scoring here; it is scored as the
-    all-blank path (the probability that the line holds no digit).
-    """
+    """``-log P(value | line)`` per line under CTC; ``logits`` ``(N, T, 11)``, class 0 blank;
+    every value has at least one digit (the training strings do)."""
     lp = F.log_softmax(logits.float(), 2)
-    n, t, _ = lp.shape
-    if any(not v for v in values):
-        blank = lp[:, :, 0].sum(1)
-    keep = [i for i, v in enumerate(values) if v]
-    out = torch.empty(n, dtype=lp.dtype)
-    if keep:
-        flat = torch.tensor([int(ch) + 1 for i in keep for ch in values[i]], dtype=torch.long)
-        lens = torch.tensor([len(values[i]) for i in keep], dtype=torch.long)
-        steps = torch.full((len(keep),), t, dtype=torch.long)
-        out[keep] = F.ctc_loss(lp[keep].transpose(0, 1), flat, steps, lens, blank=0,
-                               reduction="none", zero_infinity=True)
-    for i, v in enumerate(values):
-        if not v:
-            out[i] = -blank[i]
-    return out
-
-
-def greedy_decode(logits: torch.Tensor) -> list[str]:
-    """Best-path CTC decoding: the most probable class per column, repeats and blanks
-    removed."""
-    out = []
-    for row in logits.argmax(2).tolist():
-        s, prev = [], 0
-        for k in row:
-            if k not in (prev, 0):
-                s.append(str(k - 1))
-            prev = k
-        out.append("".join(s))
-    return out
+    flat = torch.tensor([int(ch) + 1 for v in values for ch in v], dtype=torch.long)
+    lens = torch.tensor([len(v) for v in values], dtype=torch.long)
+    steps = torch.full((lp.shape[0],), lp.shape[1], dtype=torch.long)
+    return F.ctc_loss(lp.transpose(0, 1), flat, steps, lens, blank=0, reduction="none",
+                      zero_infinity=True)
 
 
 def sample_line(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
@@ -172,8 +146,8 @@ def train_lines(x: np.ndarray, y: list[str], *, epochs: int = 8, seed: int = 21,
     yv = [y[i] for i in val]
     temperature = fit_ctc_temperature(logits, yv)
     stats = {
-        "val_string_accuracy": float(np.mean([p == v for p, v in
-                                              zip(greedy_decode(logits), yv, strict=True)])),
+        "val_string_accuracy": float(np.mean([best_path(lp) == v for lp, v in
+                                              zip(logits.numpy(), yv, strict=True)])),
         "val_nll": float(ctc_nll(logits / temperature, yv).mean()),
         "val_strings": float(len(val)),
         "train_strings": float(len(tr)),

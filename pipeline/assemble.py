@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from pipeline.lines import value_log_prob
+from pipeline.lines import line_check
 from pipeline.records import (
     DigitRecord,
     ErrorRecord,
@@ -236,15 +236,14 @@ def check_with_line(decision: FieldDecision, line: FieldLine | None, review_belo
     reading of a field that would be accepted sends it to review, and is offered first
     among the alternatives whenever it differs.
     """
-    from pipeline.lines import line_check
     from pipeline.validate import NOTE_REASONS, STATUS_ACCEPTED, STATUS_REVIEW
 
     check = line_check(line, decision.value) if decision.value else None
-    if check is None or line is None or line.log_probs is None:
+    if check is None:
         return decision
-    reading, p = check
+    reading, p, p_reading = check
     if reading != decision.value:
-        alts = [(reading, float(np.exp(value_log_prob(line.log_probs, reading))))]
+        alts = [(reading, p_reading)]
         alts += [(a, c) for a, c in zip(decision.alternatives,
                                         decision.alternative_confidences, strict=True)
                  if a != reading]

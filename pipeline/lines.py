@@ -101,8 +101,13 @@ def value_log_prob(log_probs: np.ndarray, value: str) -> float:
     return float(np.logaddexp(alpha[-1], alpha[-2]))
 
 
-def line_check(line: FieldLine | None, value: str) -> tuple[str, float] | None:
-    """``(the reader's own reading, P(value))`` for a read line; None when unread."""
+def line_check(line: FieldLine | None, value: str) -> tuple[str, float, float] | None:
+    """``(the reader's own reading, P(value), P(its reading))`` for a read line; None when
+    unread."""
     if line is None or line.log_probs is None:
         return None
-    return best_path(line.log_probs), float(np.exp(value_log_prob(line.log_probs, value)))
+    reading = best_path(line.log_probs)
+    p_value = float(np.exp(value_log_prob(line.log_probs, value)))
+    p_reading = p_value if reading == value else float(
+        np.exp(value_log_prob(line.log_probs, reading)))
+    return reading, p_value, p_reading

@@ -148,5 +148,6 @@ def read_crop_image(path: Path, kind: str, predictor: ProbaModel,
             confidence=float(p[top[0]]), top3=tuple((int(d), float(p[d])) for d in top)))
     conf = float(np.prod([d.confidence for d in digits]))
     value = "".join(str(d.digit) for d in digits)
+    check = line_check(read[0], value) if read else None
     return CropReading(str(path), value, conf, tuple(digits),
-                       line_check(read[0], value) if read else None)
+                       check[:2] if check is not None else None)
