@@ -60,8 +60,13 @@ def _candidate(f: FormField, rng: np.random.Generator) -> str:
     v = f.validation
     n = _length(f, rng)
     if v.date_format is not None:
-        days = (DATE_MAX - DATE_MIN).days
-        d = DATE_MIN + dt.timedelta(days=int(rng.integers(0, days + 1)))
+        # Within the field's own range too; the same draws when that range is wider.
+        first = max(DATE_MIN, v.min_date or DATE_MIN)
+        last = min(DATE_MAX, v.max_date or DATE_MAX)
+        if first > last:  # a range wholly outside DATE_MIN..DATE_MAX: the field's own
+            first, last = v.min_date or first, v.max_date or last
+        days = (last - first).days
+        d = first + dt.timedelta(days=int(rng.integers(0, days + 1)))
         return d.strftime(_DATE_PARTS[v.date_format])
     if v.min_value is not None or v.max_value is not None:
         lo = max(v.min_value if v.min_value is not None else 0, 0)

@@ -14,6 +14,7 @@ form-id code, and the fields. Field kinds:
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,18 @@ class Validation(BaseModel):
     max_value: int | None = None
     check: Literal["luhn", "mod11"] | None = None
     date_format: Literal["DDMMYYYY", "MMDDYYYY", "YYYYMMDD"] | None = None
+    min_date: dt.date | None = Field(None, description="date: earliest date accepted (ISO).")
+    max_date: dt.date | None = Field(None, description="date: latest date accepted (ISO).")
+
+    @model_validator(mode="after")
+    def _check_dates(self) -> Validation:
+        bounded = self.min_date is not None or self.max_date is not None
+        if bounded and self.date_format is None:
+            raise ValueError("min_date / max_date need a date_format (e.g. DDMMYYYY)")
+        if self.min_date is not None and self.max_date is not None \
+                and self.min_date > self.max_date:
+            raise ValueError(f"min_date {self.min_date} is after max_date {self.max_date}")
+        return self
 
 
 class FormField(BaseModel):

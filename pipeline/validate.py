@@ -36,7 +36,6 @@ has no valid digit string (we do not accept "X").
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
 import math
 import re
@@ -46,6 +45,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from pipeline.dates import in_range, parse_date, prefix_ok
 from pipeline.templates import FormField, Validation
 
 TOP_K = 4
@@ -119,23 +119,6 @@ def _mod11_term(d: int, pos_from_right: int) -> int:
     return (pos_from_right % 10 + 1) * d % 11
 
 
-def valid_date(value: str, fmt: str) -> bool:
-    """Whether ``value`` is a real calendar date in ``fmt`` (Gregorian leap years, year ≥ 1)."""
-    if len(value) != 8 or not value.isdigit():
-        return False
-    if fmt == "DDMMYYYY":
-        d, m, y = value[0:2], value[2:4], value[4:8]
-    elif fmt == "MMDDYYYY":
-        m, d, y = value[0:2], value[2:4], value[4:8]
-    else:  # YYYYMMDD
-        y, m, d = value[0:4], value[4:6], value[6:8]
-    try:
-        dt.date(int(y), int(m), int(d))
-    except ValueError:
-        return False
-    return True
-
-
 @lru_cache(maxsize=256)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
@@ -163,8 +146,12 @@ def check_rules(v: Validation, value: str) -> list[str]:
         reasons.append("invalid_luhn")
     if v.check == "mod11" and not mod11_valid(value):
         reasons.append("invalid_mod11")
-    if v.date_format is not None and not valid_date(value, v.date_format):
-        reasons.append("invalid_date")
+    if v.date_format is not None:
+        day = parse_date(value, v.date_format)
+        if day is None:
+            reasons.append("invalid_date")
+        elif not in_range(day, v.min_date, v.max_date):
+            reasons.append("date_out_of_range")
     return reasons
 
 
@@ -264,26 +251,18 @@ def valid_readings(
             heapq.heappush(heap, (-(g2 + rest), tie, i + 1, r2, g2, child))
 
 
-_DATE_PARTS = {  # (start, end) of day, month, year in each format
-    "DDMMYYYY": ((0, 2), (2, 4), (4, 8)),
-    "MMDDYYYY": ((2, 4), (0, 2), (4, 8)),
-    "YYYYMMDD": ((6, 8), (4, 6), (0, 4)),
-}
-
-
 def _has_ranges(rules: Validation) -> bool:
     return rules.min_value is not None or rules.max_value is not None
 
 
-def _date_parts(rules: Validation, n: int) -> tuple[tuple[int, int], ...] | None:
-    """(start, end) of day, month and year when an ``n``-digit reading is a checked date."""
-    return _DATE_PARTS[rules.date_format] if rules.date_format is not None and n == 8 \
-        else None
+def _is_date(rules: Validation, n: int) -> bool:
+    """Whether an ``n``-digit reading is checked as a date."""
+    return rules.date_format is not None and n == 8
 
 
 def _has_prefix_rules(rules: Validation, n: int) -> bool:
     """Whether :func:`_prefix_ok` can reject any prefix of an ``n``-digit reading."""
-    return _has_ranges(rules) or _date_parts(rules, n) is not None
+    return _has_ranges(rules) or _is_date(rules, n)
 
 
 def _prefix_ok(rules: Validation, prefix: tuple[int, ...], n: int) -> bool:
@@ -297,14 +276,9 @@ def _prefix_ok(rules: Validation, prefix: tuple[int, ...], n: int) -> bool:
             rules.min_value is not None and hi < rules.min_value
         ):
             return False
-    if (parts := _date_parts(rules, n)) is not None:
-        (d0, d1), (m0, m1), (y0, y1) = parts
-        if m >= d1 and not 1 <= prefix[d0] * 10 + prefix[d0 + 1] <= 31:
-            return False
-        if m >= m1 and not 1 <= prefix[m0] * 10 + prefix[m0 + 1] <= 12:
-            return False
-        if m >= y1 and not any(prefix[y0:y1]):
-            return False
+    if _is_date(rules, n):
+        assert rules.date_format is not None
+        return prefix_ok(rules.date_format, prefix, rules.min_date, rules.max_date)
     return True
 
 

@@ -11,7 +11,13 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.synth_values import generate_value
-from pipeline.templates import available_templates, load_template, load_templates, parse_template
+from pipeline.templates import (
+    FormField,
+    available_templates,
+    load_template,
+    load_templates,
+    parse_template,
+)
 
 BASE: dict = {
     "id": "t",
@@ -176,6 +182,20 @@ def test_generated_values_vary() -> None:
     rng = np.random.default_rng(0)
     values = {generate_value(f, rng) for _ in range(200)}
     assert len(values) > 190
+
+
+def test_generated_dates_keep_the_fields_range() -> None:
+    """The synthesizer draws dates inside a field's min_date..max_date, also a range
+    entirely outside its own default span (1930-2026)."""
+    base = {"name": "d", "label": "D", "kind": "date", "x_mm": 0, "y_mm": 0, "count": 8,
+            "groups": [4, 2, 2]}
+    for lo, hi in (("2026-03-01", "2027-02-01"), ("1800-03-01", "1850-02-01")):
+        f = FormField.model_validate({**base, "validation": {
+            "length": 8, "date_format": "YYYYMMDD", "min_date": lo, "max_date": hi}})
+        rng = np.random.default_rng(0)
+        values = [generate_value(f, rng) for _ in range(300)]
+        assert lo.replace("-", "") <= min(values) and max(values) <= hi.replace("-", "")
+        assert len(set(values)) > 150
 
 
 def test_unsatisfiable_rules_raise_config_error() -> None:

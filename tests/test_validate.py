@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from pipeline.templates import FormField, Validation
+from pipeline.dates import prefix_ok, valid_date
+from pipeline.errors import ConfigError
+from pipeline.templates import FormField, Validation, load_template, parse_template
 from pipeline.validate import (
     VALID_MASS_FLOOR,
     check_rules,
@@ -16,7 +19,6 @@ from pipeline.validate import (
     decide_field,
     luhn_valid,
     mod11_valid,
-    valid_date,
     valid_readings,
 )
 
@@ -123,6 +125,105 @@ def test_dates_and_leap_years() -> None:
     assert valid_date("29022000", "DDMMYYYY")  # divisible by 400
     assert valid_date("20240229", "YYYYMMDD") and valid_date("02292024", "MMDDYYYY")
     assert not valid_date("00012024", "DDMMYYYY")
+
+
+def test_date_range_is_a_rule() -> None:
+    f = _field(8, kind="date", date_format="DDMMYYYY", min_date="1900-01-01",
+               max_date="2026-12-31")
+    assert check_value(f, "01011900") == [] and check_value(f, "31122026") == []
+    assert check_value(f, "31121899") == ["date_out_of_range"]
+    assert check_value(f, "01012027") == ["date_out_of_range"]
+    assert check_value(f, "30022000") == ["invalid_date"]  # not a date at all, not "out"
+
+
+def test_date_range_needs_a_format_and_an_order() -> None:
+    with pytest.raises(ValueError, match="need a date_format"):
+        _rules(length=8, min_date="1900-01-01")
+    with pytest.raises(ValueError, match="is after max_date"):
+        _rules(date_format="YYYYMMDD", min_date="2000-01-01", max_date="1999-12-31")
+    # In a template file the same mistake is a ConfigError naming the field.
+    yaml = (
+        "id: t\nversion: 1\ntitle: T\ncode: 5\nwidth_mm: 210\nheight_mm: 297\nfields:\n"
+        "  - {name: d, label: D, kind: date, x_mm: 10, y_mm: 10, count: 8, groups: [2, 2, 4],\n"
+        "     validation: {length: 8, min_date: 1900-01-01}}\n"
+    )
+    with pytest.raises(ConfigError, match="date_format"):
+        parse_template(yaml)
+
+
+@pytest.mark.parametrize("fmt", ["DDMMYYYY", "MMDDYYYY", "YYYYMMDD"])
+def test_date_prefix_pruning_never_drops_a_valid_date(fmt: str) -> None:
+    """prefix_ok is a necessary condition: every prefix of every valid date passes it,
+    and it rejects prefixes whose year already lies outside the bounds."""
+    lo, hi = dt.date(1900, 1, 1), dt.date(2026, 12, 31)
+    rules = _rules(date_format=fmt, min_date=lo, max_date=hi)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        value = "".join(map(str, rng.integers(0, 10, 8)))
+        digits = tuple(int(c) for c in value)
+        if not check_rules(rules, value):
+            assert all(prefix_ok(fmt, digits[:m], lo, hi) for m in range(9)), value
+    for day in (lo, hi, dt.date(1957, 6, 30)):
+        value = day.strftime({"DDMMYYYY": "%d%m%Y", "MMDDYYYY": "%m%d%Y",
+                              "YYYYMMDD": "%Y%m%d"}[fmt])
+        digits = tuple(int(c) for c in value)
+        assert all(prefix_ok(fmt, digits[:m], lo, hi) for m in range(9)), value
+    year_at = 0 if fmt == "YYYYMMDD" else 4
+    head = (1, 1, 0, 1)[:year_at]
+    assert not prefix_ok(fmt, (*head, 7), lo, hi)  # 7xxx
+    assert not prefix_ok(fmt, (*head, 1, 8), lo, hi)  # 18xx
+    assert not prefix_ok(fmt, (*head, 2, 0, 3), lo, hi)  # 203x
+    assert prefix_ok(fmt, (*head, 2, 0, 2), lo, hi)
+
+
+def test_date_range_search_matches_brute_force() -> None:
+    """With the range pruning, the search yields exactly the valid readings, in order."""
+    rules = _rules(length=8, date_format="DDMMYYYY", min_date="1900-01-01",
+                   max_date="2026-12-31")
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        probs = rng.dirichlet(np.full(10, 0.3), size=8)
+        found = list(valid_readings(probs, rules, k=2))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :2]
+        brute = []
+        for pick in itertools.product(range(2), repeat=8):
+            s = "".join(str(int(order[i, j])) for i, j in enumerate(pick))
+            lp = sum(math.log(max(float(probs[i, int(c)]), 1e-12)) for i, c in enumerate(s))
+            if not check_rules(rules, s) and all(
+                    j == 0 or probs[i, order[i, j]] >= 1e-4 for i, j in enumerate(pick)):
+                brute.append((s, lp))
+        brute.sort(key=lambda x: -x[1])
+        assert [s for s, _ in found] == [s for s, _ in brute]
+
+
+def test_date_range_resolves_a_doubtful_year() -> None:
+    """A year read 1957 (0.6) or 7957 (0.4) is doubtful by the calendar alone; once the
+    range rules 7957 out, 1957 is all but certain. When 7957 is the likelier reading, the
+    range corrects it, but the valid-mass floor keeps the field in review."""
+    plain_f = _field(8, kind="date", date_format="DDMMYYYY")
+    ranged_f = _field(8, kind="date", date_format="DDMMYYYY", min_date="1900-01-01",
+                      max_date="2026-12-31")
+    probs = _peaked("15061957", p=0.999)
+    probs[4] = 0.0
+    probs[4, 1], probs[4, 7] = 0.6, 0.4
+    plain = decide_field(plain_f, probs, 0.95)
+    assert plain.value == "15061957" and plain.status == "needs_review"
+    assert plain.alternatives[0] == "15067957"
+    ranged = decide_field(ranged_f, probs, 0.95)
+    assert ranged.value == "15061957" and ranged.confidence > 0.95
+    assert ranged.status == "accepted" and "15067957" not in ranged.alternatives
+    probs[4, 1], probs[4, 7] = 0.45, 0.55
+    corrected = decide_field(ranged_f, probs, 0.95)
+    assert corrected.value == "15061957" and corrected.corrected
+    assert corrected.confidence == pytest.approx(0.45 * 0.999**7 / VALID_MASS_FLOOR, rel=1e-3)
+    assert corrected.status == "needs_review"
+
+
+def test_shipped_date_fields_are_bounded() -> None:
+    for name, field in (("delivery", "date_of_birth"), ("delivery", "delivery_date"),
+                        ("survey", "survey_date")):
+        rules = next(f for f in load_template(name).fields if f.name == field).validation
+        assert rules.min_date == dt.date(1900, 1, 1) and rules.max_date == dt.date(2026, 12, 31)
 
 
 def test_date_reading_rejects_feb_30() -> None:
