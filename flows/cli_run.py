@@ -59,6 +59,9 @@ def run_cmd(
         help="String-piece verifier weights, 'default', or 'none' (off).")] = None,
     string_model: Annotated[str | None, typer.Option(
         help="Whole-string reader for string fields, 'default', or 'none' (off).")] = None,
+    box_model: Annotated[str | None, typer.Option(
+        help="Whole-field reader for doubtful rows of boxes, 'default', or 'none' (off).")
+    ] = None,
     second_opinion: Annotated[str | None, typer.Option(
         help="Second digit model for doubtful crops: 'auto', 'none', or a paired file.")
     ] = None,
@@ -80,8 +83,8 @@ def run_cmd(
 
     settings = resolve_settings(
         config, templates=tuple(template) if template else None, model=model,
-        piece_model=piece_model, string_model=string_model, second_opinion=second_opinion,
-        device=device,
+        piece_model=piece_model, string_model=string_model, box_model=box_model,
+        second_opinion=second_opinion, device=device,
         batch_size=batch_size, workers=workers, review_below=review_below, pdf_dpi=pdf_dpi,
         debug_dir=str(debug) if debug else None, force=force or None, strict=strict or None,
     )

@@ -63,22 +63,32 @@ class StringFieldBlank:
     origin: tuple[int, int]  # region's top-left in WORK px
 
 
-def string_field_blanks() -> list[StringFieldBlank]:
-    """Every string field of the shipped templates, blank, ready to be written into (the
-    training data of the piece verifier and of the string reader, ``models.strings``)."""
+def field_blanks(kinds: tuple[str, ...] = ("string",)) -> list[StringFieldBlank]:
+    """Every field of ``kinds`` in the shipped templates, blank, ready to be written into
+    (the training data of the piece verifier, the string reader ``models.strings`` and the
+    boxed-field reader ``models.boxlines``). The region is the field's boxes plus
+    :data:`MARGIN_MM`."""
     out = []
     for t in load_templates(()):
         for f in t.fields:
-            if f.kind != "string":
+            if f.kind not in kinds:
                 continue
-            x, y, w, h = f.boxes_mm()[0]
-            x0, y0 = int(t.px(x - MARGIN_MM)), int(t.px(y - MARGIN_MM))
-            x1, y1 = int(t.px(x + w + MARGIN_MM)) + 1, int(t.px(y + h + MARGIN_MM)) + 1
+            rects = f.boxes_mm()
+            x, y = min(r[0] for r in rects), min(r[1] for r in rects)
+            x1 = max(r[0] + r[2] for r in rects) + MARGIN_MM
+            y1 = max(r[1] + r[3] for r in rects) + MARGIN_MM
+            px0, py0 = int(t.px(x - MARGIN_MM)), int(t.px(y - MARGIN_MM))
+            px1, py1 = int(t.px(x1)) + 1, int(t.px(y1)) + 1
             s = round(FILL_DPI / WORK_DPI)  # 2: regions line up pixel for pixel
-            fill = render_blank(t, FILL_DPI, color=True)[s * y0 : s * y1, s * x0 : s * x1]
+            fill = render_blank(t, FILL_DPI, color=True)[s * py0 : s * py1, s * px0 : s * px1]
             work = render_blank(t, WORK_DPI, color=True)[:, :, 0].copy()
-            out.append(StringFieldBlank(t, f, work, fill.copy(), (x0, y0)))
+            out.append(StringFieldBlank(t, f, work, fill.copy(), (px0, py0)))
     return out
+
+
+def string_field_blanks() -> list[StringFieldBlank]:
+    """Every string field of the shipped templates, blank (:func:`field_blanks`)."""
+    return field_blanks(("string",))
 
 
 def _label(piece_ink: np.ndarray, own: np.ndarray, totals: np.ndarray) -> int | None:

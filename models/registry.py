@@ -140,6 +140,13 @@ def stringnet() -> nn.Module:
     return StringNet()
 
 
+@register("boxnet")
+def boxnet() -> nn.Module:
+    """Whole-field reader for rows of boxes (``models.boxlines``): ``StringNet`` read over
+    a wider ``(N, 1, 32, 256)`` line."""
+    return StringNet()
+
+
 @register("seednet")
 def seednet() -> nn.Module:
     """One-conv-layer baseline from the seed article."""

@@ -102,15 +102,20 @@ def fit_ctc_temperature(logits: torch.Tensor, values: list[str]) -> float:
     return float(min(fine, key=loss))
 
 
+STRING_INK = ("whole string field, white-on-black, height 32, left-aligned in width 160 "
+              "(normalize_line)")
+
+
 def train_lines(x: np.ndarray, y: list[str], *, epochs: int = 8, seed: int = 21,
-                val_fraction: float = 0.05) -> tuple[nn.Module, Contract, dict[str, float]]:
-    """Train ``stringnet`` with CTC; temperature and accuracy on a held-out share."""
+                val_fraction: float = 0.05, arch: str = "stringnet", version: str = VERSION,
+                ink: str = STRING_INK) -> tuple[nn.Module, Contract, dict[str, float]]:
+    """Train a CTC line reader (``arch``: ``stringnet``, or ``boxnet`` for
+    ``models.boxlines``) on ``(N, 32, W)`` lines; temperature and accuracy on a held-out
+    share."""
     rng, val, tr = seeded_split(len(x), val_fraction, seed)
-    contract = Contract(arch="stringnet", input_size=LINE_HEIGHT, fit_box=LINE_WIDTH,
-                        mean=0.0, std=1.0, labels=LABELS, version=VERSION,
-                        ink="whole string field, white-on-black, height 32, left-aligned "
-                            "in width 160 (normalize_line)")
-    model = create_model("stringnet")
+    contract = Contract(arch=arch, input_size=LINE_HEIGHT, fit_box=int(x.shape[2]),
+                        mean=0.0, std=1.0, labels=LABELS, version=version, ink=ink)
+    model = create_model(arch)
     xt = torch.from_numpy(x)
     bs = 128
     steps = epochs * math.ceil(len(tr) / bs)

@@ -26,6 +26,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = MODELS_DIR / "digitnet.safetensors"
 PIECES_WEIGHTS = MODELS_DIR / "piecenet.safetensors"  # string-piece verifier (models.pieces)
 STRINGS_WEIGHTS = MODELS_DIR / "stringnet.safetensors"  # whole-string reader (models.strings)
+BOXES_WEIGHTS = MODELS_DIR / "boxnet.safetensors"  # boxed-field reader (models.boxlines)
 SECOND_WEIGHTS = MODELS_DIR / "digitnet_wide.safetensors"  # second opinion (models.second_opinion)
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from pipeline.lines import line_check
+from pipeline.lines import line_check, line_reader, read_lines
 from pipeline.records import (
     DigitRecord,
     ErrorRecord,
@@ -69,6 +69,13 @@ CUT_DOUBT_NATS = 2.3  # a cut reading differently and less than 10x less probabl
 LINE_AGREE_MIN = 0.98
 AGREES = "string_reader_agrees"  # a note on an accepted field, not a doubt
 DISAGREES = "string_reader_disagrees"  # the string reader reads another value: review
+# Boxed fields (boxes, comb, date of 3+ boxes): the boxed-field reader (models/boxnet) reads
+# only the fields that would go to review for low confidence or an unsure cut between
+# boxes, and nothing else; when it reads the same value on its own with at least this
+# probability, those doubts are lifted. See docs/BENCHMARKS.md (boxed-field reader).
+BOX_AGREE_MIN = 0.98
+BOX_AGREES = "box_reader_agrees"  # a note on an accepted field, not a doubt
+BOX_DOUBTS = frozenset({"low_confidence", "segmentation:ambiguous_cut"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +269,39 @@ def check_with_line(decision: FieldDecision, line: FieldLine | None, review_belo
                    status=STATUS_REVIEW if doubts else STATUS_ACCEPTED)
 
 
+def check_with_box_line(decision: FieldDecision, line: FieldLine | None,
+                        reader: Callable[[np.ndarray], np.ndarray] | None) -> FieldDecision:
+    """A boxed field's decision checked against the boxed-field ``reader`` (see
+    :data:`BOX_AGREE_MIN`).
+
+    Only a field in review for nothing but :data:`BOX_DOUBTS` is read (its one line, on
+    the spot: about one such field per page, so the reader costs little). Agreement lifts
+    those doubts; another reading is offered first among the alternatives, and the field
+    stays in review. Unchanged when there is no line or no reader.
+    """
+    from pipeline.validate import NOTE_REASONS, STATUS_ACCEPTED, STATUS_REVIEW
+
+    doubts = {r for r in decision.reasons if r not in NOTE_REASONS}
+    if (reader is None or line is None or decision.status != STATUS_REVIEW
+            or not decision.value or not doubts or not doubts <= BOX_DOUBTS):
+        return decision
+    check = line_check(read_lines([line], reader, "boxes")[0], decision.value)
+    assert check is not None
+    reading, p, p_reading = check
+    if reading != decision.value:
+        alts = [(reading, p_reading)]
+        alts += [(a, c) for a, c in zip(decision.alternatives,
+                                        decision.alternative_confidences, strict=True)
+                 if a != reading]
+        return replace(decision, alternatives=tuple(a for a, _ in alts[:3]),
+                       alternative_confidences=tuple(c for _, c in alts[:3]))
+    if p < BOX_AGREE_MIN:
+        return decision
+    kept = [r for r in decision.reasons if r not in BOX_DOUBTS] + [BOX_AGREES]
+    return replace(decision, confidence=max(decision.confidence, p), reasons=tuple(kept),
+                   status=STATUS_ACCEPTED)
+
+
 def read_field(
     work: PageWork, ff: FormField, crops: Sequence[FieldCrop], probs: np.ndarray,
     settings: RunSettings, run_id: str, model_version: str, seconds: float,
@@ -297,6 +337,9 @@ def read_field(
     string = ff.kind == "string"
     if string:
         decision = check_with_line(decision, line, settings.review_below)
+    else:
+        decision = check_with_box_line(decision, line,
+                                       line_reader(settings.box_model, "boxnet"))
     digits = _digit_rows(work, run_id, used,
                          [k if string else c.position for k, c in enumerate(used)],
                          sub[list(picked)])

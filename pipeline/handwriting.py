@@ -138,12 +138,15 @@ def _bbox_px(r: tuple[float, float, float, float], dpi: float) -> tuple[float, f
 
 
 def write_boxes(page: np.ndarray, f: FormField, boxes: list[str | None], bank: DigitBank,
-                pen: Pen, rng: np.random.Generator, dpi: float = FILL_DPI) -> None:
-    """Write one digit per box (``None`` = leave empty) for boxes/comb/date fields."""
+                pen: Pen, rng: np.random.Generator, dpi: float = FILL_DPI,
+                origin: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Write one digit per box (``None`` = leave empty) for boxes/comb/date fields;
+    ``origin`` is ``page``'s top-left in page px at ``dpi`` (a region of the page)."""
     for r, ch in zip(f.boxes_mm(), boxes, strict=True):
         if ch is None:
             continue
         x, y, w, h = _bbox_px(r, dpi)
+        x, y = x - origin[0], y - origin[1]
         patch = box_patch(bank.pick(int(ch), rng), w, h, pen, rng)
         dx, dy = rng.normal(0.0, 0.06 * w), rng.normal(0.0, 0.05 * h)
         if rng.random() < 0.05:  # careless writer: the digit crosses a box wall

@@ -24,8 +24,10 @@ from pipeline.records import FieldLine
 
 
 @functools.lru_cache(maxsize=4)
-def line_reader(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The string reader as ``lines (N, 32, 160) uint8 → log-probs (N, T, 11)``, or None.
+def line_reader(path: str, arch: str = "stringnet"
+                ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The string reader (``arch`` ``stringnet``; ``boxnet``: the boxed-field reader) as
+    ``lines (N, 32, W) uint8 → log-probs (N, T, 11)``, or None.
 
     Loaded once per process; it runs on the CPU in the main process, one page's string
     fields at a time (one or two lines: not worth a trip to a GPU). The contract's
@@ -34,12 +36,14 @@ def line_reader(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
     if path == "none":
         return None
     from models.predictor import fuse_conv_bn
-    from models.weights import STRINGS_WEIGHTS, load_model
+    from models.weights import BOXES_WEIGHTS, STRINGS_WEIGHTS, load_model
 
-    model, contract = load_model(STRINGS_WEIGHTS if path == "default" else path)
-    if contract.arch != "stringnet":
-        raise ModelError(f"{path}: a '{contract.arch}' model, not a string reader",
-                         hint="Pass a stringnet weights file, 'default' or 'none'.")
+    default = BOXES_WEIGHTS if arch == "boxnet" else STRINGS_WEIGHTS
+    model, contract = load_model(default if path == "default" else path)
+    if contract.arch != arch:
+        what = "boxed-field" if arch == "boxnet" else "string"
+        raise ModelError(f"{path}: a '{contract.arch}' model, not a {what} reader",
+                         hint=f"Pass a {arch} weights file, 'default' or 'none'.")
     # BatchNorm folded into the convolutions, channels_last: 3.2 -> 2.4 ms per line on one
     # thread here (the same logits to ~3e-6).
     fused = fuse_conv_bn(model).to(memory_format=torch.channels_last)
@@ -53,13 +57,18 @@ def line_reader(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
     return read
 
 
-def read_lines(lines: Sequence[FieldLine], reader: Callable[[np.ndarray], np.ndarray] | None
-               ) -> tuple[FieldLine, ...]:
-    """``lines`` with ``log_probs`` filled by ``reader`` (unchanged when it is None)."""
-    if reader is None or not lines:
+def read_lines(lines: Sequence[FieldLine], reader: Callable[[np.ndarray], np.ndarray] | None,
+               kind: str = "string") -> tuple[FieldLine, ...]:
+    """``lines`` with the ``log_probs`` of those for reader ``kind`` filled by ``reader``
+    (unchanged when it is None)."""
+    todo = [i for i, ln in enumerate(lines) if ln.reader == kind]
+    if reader is None or not todo:
         return tuple(lines)
-    lp = reader(np.stack([ln.pixels for ln in lines]))
-    return tuple(dataclasses.replace(ln, log_probs=lp[i]) for i, ln in enumerate(lines))
+    lp = reader(np.stack([lines[i].pixels for i in todo]))
+    out = list(lines)
+    for j, i in enumerate(todo):
+        out[i] = dataclasses.replace(lines[i], log_probs=lp[j])
+    return tuple(out)
 
 
 def best_path(log_probs: np.ndarray) -> str:

@@ -108,6 +108,8 @@ def normalize_piece(ink: np.ndarray, field_h: float, *, input_size: int = INPUT_
 
 LINE_HEIGHT = 32  # the string reader's input height (models/stringnet)
 LINE_WIDTH = 160  # ... and width: a 70 x 15 mm string box at that height, with room
+BOX_LINE_WIDTH = 256  # the boxed-field reader's width (models/boxnet): 8:1, the longest
+# shipped row of boxes (account number, 83.5 x 9 mm plus margins) unsqueezed
 
 
 def normalize_line(ink: np.ndarray, *, height: int = LINE_HEIGHT, width: int = LINE_WIDTH

@@ -104,9 +104,12 @@ class FieldLine:
     """
 
     field: str
-    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (32, 160) uint8
+    pixels: np.ndarray = dataclasses.field(repr=False, compare=False)  # (32, W) uint8
     # (T, 11) CTC log-probabilities over blank, 0..9 per column; None until read.
     log_probs: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    # "string": a string field for the string reader (W 160, read for every such field);
+    # "boxes": a row of boxes for the boxed-field reader (W 256, read only when doubtful).
+    reader: str = "string"
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,9 +71,11 @@ def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = N
 
         predictor = load_reader(settings.model, settings.second_opinion,
                                 device=settings.device, batch_size=settings.batch_size)
-    # Loaded now, so that a bad --piece-model or --string-model fails before any page.
+    # Loaded now, so that a bad --piece-model, --string-model or --box-model fails before
+    # any page.
     piece_scorer(settings.piece_model)
     line_reader(settings.string_model)
+    line_reader(settings.box_model, "boxnet")
     configure_main_threads(settings.workers)
     store = OutputStore(Path(out_dir), new_run_id())
     try:

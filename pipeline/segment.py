@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from pipeline.normalize import (
+    BOX_LINE_WIDTH,
     INPUT_SIZE,
     LINE_HEIGHT,
     LINE_WIDTH,
@@ -345,6 +346,31 @@ def string_line(fi: FieldInk) -> np.ndarray:
     return normalize_line(ink)
 
 
+def reads_boxes_whole(f: FormField) -> bool:
+    """Whether the boxed-field reader can read field ``f`` whole: a boxes, comb or date
+    field of at least three boxes whose row (plus margins) fits its 8:1 input unsqueezed.
+    (One or two boxes: the digit model sees all there is.)"""
+    if f.kind == "string" or f.count < 3:
+        return False
+    rects = f.boxes_mm()
+    w = max(r[0] + r[2] for r in rects) - min(r[0] for r in rects)
+    h = max(r[1] + r[3] for r in rects) - min(r[1] for r in rects)
+    return (w + 2 * LINE_MARGIN_MM) <= (h + 2 * LINE_MARGIN_MM) * BOX_LINE_WIDTH / LINE_HEIGHT
+
+
+def box_line(fi: FieldInk) -> np.ndarray:
+    """The boxed-field reader's input: the kept strokes (walls removed) over the field's
+    row of boxes plus :data:`LINE_MARGIN_MM`, through :func:`pipeline.normalize.
+    normalize_line` at width :data:`BOX_LINE_WIDTH`."""
+    m = round(Template.px(LINE_MARGIN_MM))
+    x0 = max(0, min(b[0] for b in fi.boxes) - m)
+    y0 = max(0, min(b[1] for b in fi.boxes) - m)
+    x1 = min(fi.ink.shape[1], max(b[0] + b[2] for b in fi.boxes) + m)
+    y1 = min(fi.ink.shape[0], max(b[1] + b[3] for b in fi.boxes) + m)
+    ink = np.where(fi.binary[y0:y1, x0:x1] > 0, fi.ink[y0:y1, x0:x1], 0.0)
+    return normalize_line(ink, width=BOX_LINE_WIDTH)
+
+
 def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
     """Cut every field of a registered page into normalized digit crops.
 
@@ -358,16 +384,20 @@ def segment_page(reg: RegisteredPage, template: Template) -> list[FieldCrop]:
 
 def segment_fields(reg: RegisteredPage, template: Template
                    ) -> tuple[list[FieldCrop], list[FieldLine]]:
-    """:func:`segment_page`'s crops, plus every string field whole for the string reader
-    (:func:`string_line`), drawn from the same binarized ink."""
+    """:func:`segment_page`'s crops, plus every written string field whole for the string
+    reader (:func:`string_line`) and every written row of three or more boxes whole for the
+    boxed-field reader (:func:`box_line`), drawn from the same binarized ink."""
     crops: list[FieldCrop] = []
     lines: list[FieldLine] = []
     zeros = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
     for f in template.fields:
         fi = field_ink(reg.image, template, f)
         pieces = _pieces(fi, template, f)
-        if reads_whole(f) and any(not p.empty for p in pieces):  # (an empty one: no)
-            lines.append(FieldLine(f.name, string_line(fi)))
+        if any(not p.empty for p in pieces):  # (an empty field: nothing to read)
+            if reads_whole(f):
+                lines.append(FieldLine(f.name, string_line(fi)))
+            elif reads_boxes_whole(f):
+                lines.append(FieldLine(f.name, box_line(fi), reader="boxes"))
         fh = string_field_height(f) if f.kind == "string" and len(pieces) > 1 else 0.0
         # Cut variants of digits touching across a box wall are verified too (group >= 1).
         box_fh = box_piece_height(f) if f.kind != "string" else 0.0

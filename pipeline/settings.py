@@ -42,6 +42,11 @@ class RunSettings(BaseModel):
         "default", description="Whole-string reader for string fields ('default' = shipped, "
         "'none' = off): where digits touch, a reading it agrees with needs no review for "
         "the cut.")
+    box_model: str = Field(
+        "default", description="Whole-field reader for rows of boxes ('default' = shipped, "
+        "'none' = off): it re-reads the boxed fields that would go to review for their "
+        "digits' confidence or an unsure cut between boxes, and a reading it agrees with "
+        "needs no review for them.")
     second_opinion: str = Field(
         "auto", description="Second digit model for the crops the first is unsure of: "
         "'auto' (the shipped one, when paired with the model in use), 'none', or a file "

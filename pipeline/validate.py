@@ -73,7 +73,8 @@ INFO_FLAGS = frozenset({"likely", "overrun", "touching_split"})
 
 # Reasons that note what happened to an accepted field rather than doubt it: a reading
 # corrected by the rules (with a clear margin), a string the whole-string reader agreed with.
-NOTE_REASONS = frozenset({"corrected_by_validation", "string_reader_agrees"})
+NOTE_REASONS = frozenset({"corrected_by_validation", "string_reader_agrees",
+                          "box_reader_agrees"})
 
 STATUS_ACCEPTED = "accepted"
 STATUS_REVIEW = "needs_review"
