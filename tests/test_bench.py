@@ -216,9 +216,10 @@ def test_field_calibration_bins_the_sample_scans(tmp_path):
     process([root], out, RunSettings.model_validate({"workers": 0, "device": "cpu"}))
     table = calibration([(out, root / "truth")])
     rows = [x for x in table if x["kind"] == "all"]
+    from pipeline.validate import NOTE_REASONS
+
     pairs = [(r, tv) for r, tv in truth_pairs(out, root / "truth") if tv and not [
-        x for x in r.reasons if x not in ("low_confidence", "corrected_by_validation",
-                                           "string_reader_agrees")]]
+        x for x in r.reasons if x != "low_confidence" and x not in NOTE_REASONS]]
     assert sum(x["fields"] for x in rows) == len(pairs) > 50
     assert sum(x["wrong"] for x in rows) == sum(r.value != tv for r, tv in pairs)
     assert sum(x["expected_wrong"] for x in rows) == pytest.approx(
