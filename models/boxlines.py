@@ -26,10 +26,10 @@ from torch import nn
 
 from models.contract import Contract
 from models.pieces import StringFieldBlank, field_blanks, run_recipe, scan_region
-from models.strings import train_lines
+from models.strings import train_lines, write_lines
 from models.weights import BOXES_WEIGHTS
 from pipeline.handwriting import FILL_DPI, DigitBank, boxes_for, sample_pen, write_boxes
-from pipeline.normalize import BOX_LINE_WIDTH, LINE_HEIGHT
+from pipeline.normalize import BOX_LINE_WIDTH
 from pipeline.segment import box_line, field_ink, reads_boxes_whole
 from pipeline.templates import WORK_DPI
 
@@ -62,16 +62,8 @@ def sample_box_line(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Genera
 
 def make_box_lines(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """``(N, 32, 256)`` uint8 lines and their values from ``strings`` written fields."""
-    from rich.progress import track
-
-    rng = np.random.default_rng(seed)
-    fields = box_field_blanks()
-    x = np.zeros((strings, LINE_HEIGHT, BOX_LINE_WIDTH), np.uint8)
-    y: list[str] = []
-    for i in track(range(strings), description="writing boxed fields"):
-        x[i], v = sample_box_line(fields[i % len(fields)], bank, rng)
-        y.append(v)
-    return x, y
+    return write_lines(box_field_blanks(), sample_box_line, bank, strings, seed,
+                       BOX_LINE_WIDTH, "boxed fields")
 
 
 def train_box_lines(x: np.ndarray, y: list[str], *, epochs: int = 6, seed: int = 31

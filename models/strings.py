@@ -23,6 +23,7 @@ held-out tenth (the sequence NLL), and stored in the contract.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ from pipeline.templates import WORK_DPI
 
 VERSION = "stringnet-1.0"
 LABELS = ("blank", *(str(d) for d in range(10)))
+LineSampler = Callable[[StringFieldBlank, DigitBank, np.random.Generator],
+                       tuple[np.ndarray, str]]
 
 
 def ctc_nll(logits: torch.Tensor, values: list[str]) -> torch.Tensor:
@@ -77,18 +80,26 @@ def sample_line(fd: StringFieldBlank, bank: DigitBank, rng: np.random.Generator
     return string_line(field_ink(image, fd.template, f)), value
 
 
-def make_lines(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """``(N, 32, 160)`` uint8 lines and their values from ``strings`` written strings."""
+def write_lines(fields: list[StringFieldBlank], sample: LineSampler, bank: DigitBank,
+                strings: int, seed: int, width: int, what: str
+                ) -> tuple[np.ndarray, list[str]]:
+    """``(strings, 32, width)`` uint8 lines and their values, ``sample`` called on the
+    ``fields`` in turn (the string reader's data, and ``models.boxlines``')."""
     from rich.progress import track
 
     rng = np.random.default_rng(seed)
-    fields = string_field_blanks()
-    x = np.zeros((strings, LINE_HEIGHT, LINE_WIDTH), np.uint8)
+    x = np.zeros((strings, LINE_HEIGHT, width), np.uint8)
     y: list[str] = []
-    for i in track(range(strings), description="writing strings"):
-        x[i], v = sample_line(fields[i % len(fields)], bank, rng)
+    for i in track(range(strings), description=f"writing {what}"):
+        x[i], v = sample(fields[i % len(fields)], bank, rng)
         y.append(v)
     return x, y
+
+
+def make_lines(bank: DigitBank, strings: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``(N, 32, 160)`` uint8 lines and their values from ``strings`` written strings."""
+    return write_lines(string_field_blanks(), sample_line, bank, strings, seed, LINE_WIDTH,
+                       "strings")
 
 
 def fit_ctc_temperature(logits: torch.Tensor, values: list[str]) -> float:

@@ -234,6 +234,15 @@ def _digit_rows(work: PageWork, run_id: str, crops: Sequence[FieldCrop],
     return rows
 
 
+def offer_first(decision: FieldDecision, reading: str, p: float) -> FieldDecision:
+    """``decision`` with a whole-field reader's ``reading`` (probability ``p``) first among
+    its three alternatives."""
+    alts = [(reading, p)] + [(a, c) for a, c in zip(
+        decision.alternatives, decision.alternative_confidences, strict=True) if a != reading]
+    return replace(decision, alternatives=tuple(a for a, _ in alts[:3]),
+                   alternative_confidences=tuple(c for _, c in alts[:3]))
+
+
 def check_with_line(decision: FieldDecision, line: FieldLine | None, review_below: float
                     ) -> FieldDecision:
     """A string field's decision checked against the whole-string reader (see
@@ -250,13 +259,8 @@ def check_with_line(decision: FieldDecision, line: FieldLine | None, review_belo
         return decision
     reading, p, p_reading = check
     if reading != decision.value:
-        alts = [(reading, p_reading)]
-        alts += [(a, c) for a, c in zip(decision.alternatives,
-                                        decision.alternative_confidences, strict=True)
-                 if a != reading]
         doubt = decision.status == STATUS_ACCEPTED
-        return replace(decision, alternatives=tuple(a for a, _ in alts[:3]),
-                       alternative_confidences=tuple(c for _, c in alts[:3]),
+        return replace(offer_first(decision, reading, p_reading),
                        reasons=(*decision.reasons, DISAGREES) if doubt else decision.reasons,
                        status=STATUS_REVIEW if doubt else decision.status)
     if p < LINE_AGREE_MIN:
@@ -289,12 +293,7 @@ def check_with_box_line(decision: FieldDecision, line: FieldLine | None,
     assert check is not None
     reading, p, p_reading = check
     if reading != decision.value:
-        alts = [(reading, p_reading)]
-        alts += [(a, c) for a, c in zip(decision.alternatives,
-                                        decision.alternative_confidences, strict=True)
-                 if a != reading]
-        return replace(decision, alternatives=tuple(a for a, _ in alts[:3]),
-                       alternative_confidences=tuple(c for _, c in alts[:3]))
+        return offer_first(decision, reading, p_reading)
     if p < BOX_AGREE_MIN:
         return decision
     kept = [r for r in decision.reasons if r not in BOX_DOUBTS] + [BOX_AGREES]
