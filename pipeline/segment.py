@@ -147,7 +147,7 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # Threshold relative to the field's own strongest ink away from the walls: faint pens
     # get a low threshold, dark ones a higher one that noise cannot reach.
     inside_vals = ink[inner > 0]
-    peak = float(np.percentile(inside_vals, 99.7)) if inside_vals.size else 0.0
+    peak = _percentile(inside_vals, 99.7) if inside_vals.size else 0.0
     # Hysteresis: strokes must reach the high level somewhere, and then keep their faint
     # thin parts down to the low level (thin pens lose contrast when scanned small).
     low = max(MIN_INK, min(60.0, 0.15 * peak))
@@ -192,6 +192,19 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
         binary = _grow_faint(binary, ink, low, bands)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     return FieldInk((x0, y0), ink, binary, labels.astype(np.int32, copy=False), stats, walls, boxes)
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation, the same value) from a partial
+    sort of the two ranks it needs: half the cost, as np.percentile's general machinery
+    was 1.4 ms of a page's segmentation."""
+    n = values.size
+    pos = q / 100.0 * (n - 1)
+    k = int(pos)
+    k1 = min(k + 1, n - 1)
+    part = np.partition(values.ravel(), [k, k1] if k1 != k else [k])
+    lo, hi = part[k], part[k1]
+    return float(lo + (hi - lo) * (pos - k))
 
 
 def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarray) -> np.ndarray:
@@ -270,7 +283,10 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
         stacks.append((idx, _wall_profile(np.stack(bands), 2 if axis == 0 else 1)))
     # A segment much darker than the field's typical wall holds a stroke along it: cap it.
     peaks = np.concatenate([p.max(axis=1) for _, p in stacks]).astype(np.float64)
-    cap = 1.3 * float(np.median(peaks)) + 5.0
+    ordered = np.sort(peaks)  # the median (np.median's value; its overhead was 0.4 ms a page)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+    cap = 1.3 * float(median) + 5.0
     for idx, profs in stacks:
         profs = np.minimum(profs, cap)
         # One pixel of slack across the wall: registration is not sub-pixel exact.
@@ -290,9 +306,15 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
     return model
 
 
-def piece_ink(fi: FieldInk, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Ink of the pixels near ``mask`` (region coords) cropped to its box, and that box."""
-    bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels; C speed
+def piece_ink(fi: FieldInk, mask: np.ndarray, window: tuple[int, int, int, int] | None = None
+              ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Ink of the pixels near ``mask`` (region coords) cropped to its box, and that box.
+    ``window`` (x0, y0, x1, y1), when given, holds every set pixel of ``mask``: its box is
+    looked for there only."""
+    wx, wy = (window[0], window[1]) if window else (0, 0)
+    sub = mask[wy : window[3], wx : window[2]] if window else mask
+    bx, by, bw, bh = cv2.boundingRect(sub)  # of the non-zero pixels; C speed
+    bx, by = bx + wx, by + wy
     y0, y1, x0, x1 = by, by + bh, bx, bx + bw
     y0, x0 = max(0, y0 - 1), max(0, x0 - 1)
     y1, x1 = min(mask.shape[0], y1 + 1), min(mask.shape[1], x1 + 1)

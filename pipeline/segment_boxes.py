@@ -25,16 +25,30 @@ from pipeline.templates import FormField
 CUT_VARIANTS = (("path", 0.0), ("straight", 0.0), ("path", -0.15), ("path", 0.15))
 
 
+# ``(x0, y0, x1, y1)`` in region px: a window holding every set pixel of a mask, so that
+# a box's piece is measured on its ink's window instead of the whole field (the masks are
+# region-sized; summing and searching them whole was most of a boxed field's cost).
+Window = tuple[int, int, int, int]
+
+
+def _union(a: Window | None, b: Window | None) -> Window | None:
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
 @dataclass(frozen=True)
 class Touching:
     """A component holding digits of neighbouring boxes, and the ways to cut it.
 
     ``parts[v][j]`` is the region-sized mask of the ink that cut variant ``v`` gives to
-    box ``boxes[j]``; variant 0 is the default (see :func:`_assign`).
+    box ``boxes[j]``; variant 0 is the default (see :func:`_assign`). Every part lies in
+    ``window``, the component's bounding box.
     """
 
     boxes: tuple[int, ...]
     parts: tuple[tuple[np.ndarray, ...], ...]
+    window: Window
 
 
 def _cut_variants(fi: FieldInk, comp: np.ndarray, x: int, y: int,
@@ -74,9 +88,11 @@ def _cut_variants(fi: FieldInk, comp: np.ndarray, x: int, y: int,
     return out
 
 
-def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int], list[Touching]]:
+def _assign(fi: FieldInk
+            ) -> tuple[list[np.ndarray], list[int], list[Touching], list[Window | None]]:
     """Per box: mask of the ink it holds (touching components excluded), how many of
-    those pixels lie outside it, and the components touching across walls.
+    those pixels lie outside it, and the components touching across walls; and per box
+    the window of its mask (None: no ink).
 
     A component goes to the box holding most of it (at least 40 %). A component with a
     large share (≥ 30 %) in neighbouring boxes, or wider than a box and spanning much of
@@ -92,6 +108,7 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int], list[Touching]]:
         inside[bi] = np.bincount(sub.ravel(), minlength=n)
     masks = [np.zeros(fi.labels.shape, np.uint8) for _ in range(nb)]
     outside = [0] * nb
+    windows: list[Window | None] = [None] * nb
     touching: list[Touching] = []
     for i in range(1, n):
         if areas[i] == 0:
@@ -110,43 +127,49 @@ def _assign(fi: FieldInk) -> tuple[list[np.ndarray], list[int], list[Touching]]:
             big = [bi for bi in range(nb) if fr[bi] >= 0.3]
         if len(big) >= 2 and all(b2 == b1 + 1 for b1, b2 in itertools.pairwise(big)):
             variants = _cut_variants(fi, comp, x, y, big)
-            touching.append(Touching(tuple(big), tuple(tuple(v) for v in variants)))
+            touching.append(Touching(tuple(big), tuple(tuple(v) for v in variants),
+                                     (x, y, x + w, y + h)))
             continue
         bi = int(np.argmax(fr))
         if fr[bi] < 0.4:
             continue
         masks[bi][y : y + h, x : x + w] |= comp
+        windows[bi] = _union(windows[bi], (x, y, x + w, y + h))
         outside[bi] += int(areas[i] - inside[bi, i])
-    return masks, outside, touching
+    return masks, outside, touching, windows
 
 
-def _box_piece(fi: FieldInk, bi: int, mask: np.ndarray, outside: int,
+def _box_piece(fi: FieldInk, bi: int, mask: np.ndarray, outside: int, window: Window | None,
                group: int = 0, split: int = 0) -> Piece:
-    """The piece of box ``bi`` from its ink ``mask`` (empty when too little ink)."""
+    """The piece of box ``bi`` from its ink ``mask``, all of it inside ``window`` (empty
+    when too little ink)."""
     bx, by, bw, bh = fi.boxes[bi]
     ox, oy = fi.origin
     box_bbox = (bx + ox, by + oy, bw, bh)
-    total = int(mask.sum())
+    x0, y0, x1, y1 = window or (0, 0, 0, 0)
+    sub = mask[y0:y1, x0:x1]
+    total = int(sub.sum())
     if total == 0:
         return Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True, group=group, split=split)
-    _, _, mw, mh = cv2.boundingRect(mask)
+    _, _, mw, mh = cv2.boundingRect(sub)
     extent = max(mh, 0.6 * mw)
     if total < EMPTY_AREA_PX or extent < EMPTY_EXTENT * bh:
         return Piece(bi, box_bbox, np.zeros((1, 1), np.uint8), True, ("residue",),
                      group=group, split=split)
-    ink, bbox = piece_ink(fi, mask)
+    ink, bbox = piece_ink(fi, mask, window)
     flags: list[str] = []
     if outside > 0.1 * total:
         flags.append("overrun")
-    if float(fi.ink[mask > 0].max()) < 90.0:
+    if float(fi.ink[y0:y1, x0:x1][sub > 0].max()) < 90.0:
         flags.append("faint")
     return Piece(bi, bbox, ink, False, tuple(flags), group=group, split=split)
 
 
-def _outside(fi: FieldInk, bi: int, part: np.ndarray) -> int:
+def _outside(fi: FieldInk, bi: int, part: np.ndarray, window: Window) -> int:
     bx, by, bw, bh = fi.boxes[bi]
     inner = int(part[max(0, by) : by + bh + 1, max(0, bx) : bx + bw + 1].sum())
-    return int(part.sum()) - inner
+    x0, y0, x1, y1 = window
+    return int(part[y0:y1, x0:x1].sum()) - inner
 
 
 def box_pieces(fi: FieldInk, f: FormField) -> list[Piece]:
@@ -156,30 +179,34 @@ def box_pieces(fi: FieldInk, f: FormField) -> list[Piece]:
     ``group`` (the component, from 1) and ``split`` (the variant; 0 = default); variants
     that would leave one of its boxes empty are not offered.
     """
-    masks, outside, touching = _assign(fi)
+    masks, outside, touching, windows = _assign(fi)
     default = [m.copy() for m in masks]
     extra_out = [0] * len(masks)
+    default_windows = list(windows)
     for t in touching:
         for bi, part in zip(t.boxes, t.parts[0], strict=True):
             default[bi] |= part
-            extra_out[bi] += _outside(fi, bi, part)
+            default_windows[bi] = _union(default_windows[bi], t.window)
+            extra_out[bi] += _outside(fi, bi, part, t.window)
     owner = {bi: g for g, t in enumerate(touching, 1) for bi in t.boxes}
     pieces: list[Piece] = []
     for bi in range(len(fi.boxes)):
         if bi not in owner:
-            pieces.append(_box_piece(fi, bi, masks[bi], outside[bi]))
+            pieces.append(_box_piece(fi, bi, masks[bi], outside[bi], windows[bi]))
     for g, t in enumerate(touching, 1):
         for v, parts in enumerate(t.parts):
             cand = []
             for j, (bi, part) in enumerate(zip(t.boxes, parts, strict=True)):
                 if v == 0:
-                    cand.append(_box_piece(fi, bi, default[bi], outside[bi] + extra_out[bi], g))
+                    cand.append(_box_piece(fi, bi, default[bi], outside[bi] + extra_out[bi],
+                                           default_windows[bi], g))
                     continue
                 # The box's own ink and other components' default parts, with this
                 # component's part of variant v instead of its default one.
                 mask = (default[bi] & (1 - t.parts[0][j])) | part
-                out = outside[bi] + _outside(fi, bi, part)
-                cand.append(_box_piece(fi, bi, mask, out, g, v))
+                out = outside[bi] + _outside(fi, bi, part, t.window)
+                cand.append(_box_piece(fi, bi, mask, out, _union(default_windows[bi], t.window),
+                                       g, v))
             if v == 0 or not any(c.empty for c in cand):
                 pieces.extend(cand)
     pieces.sort(key=lambda p: (p.position, p.split))
