@@ -146,7 +146,7 @@ def _box_piece(fi: FieldInk, bi: int, mask: np.ndarray, outside: int, window: Wi
     bx, by, bw, bh = fi.boxes[bi]
     ox, oy = fi.origin
     box_bbox = (bx + ox, by + oy, bw, bh)
-    x0, y0, x1, y1 = window or (0, 0, 0, 0)
+    x0, y0, x1, y1 = window or (0, 0, 0, 0)  # (no window: no ink, so an empty piece)
     sub = mask[y0:y1, x0:x1]
     total = int(sub.sum())
     if total == 0:
