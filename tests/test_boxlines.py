@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.lines import best_path, read_lines, value_log_prob
+from pipeline.lines import read_lines
 from pipeline.normalize import BOX_LINE_WIDTH, LINE_HEIGHT
 from pipeline.records import FieldLine
+from tests.test_lines import reading_scores
 
 
 def _log_probs(path: list[int], sure: float = 0.9999, t: int = 64) -> np.ndarray:
@@ -128,11 +129,9 @@ def test_shipped_box_reader_reads_written_fields(bank: Any) -> None:
     pairs = [sample_box_line(fields[i % len(fields)], bank, rng) for i in range(33)]
     assert all(x.shape == (LINE_HEIGHT, BOX_LINE_WIDTH) for x, _ in pairs)
     lines = read_lines([FieldLine("f", x, reader="boxes") for x, _ in pairs], reader, "boxes")
-    lps = [ln.log_probs for ln in lines if ln.log_probs is not None]
-    right = [best_path(lp) == v for lp, (_, v) in zip(lps, pairs, strict=True)]
-    assert sum(right) >= 30
-    probs = [np.exp(value_log_prob(lp, v)) for lp, (_, v) in zip(lps, pairs, strict=True)]
-    assert float(np.median(probs)) > 0.95
+    right, median_p = reading_scores(lines, pairs)
+    assert right >= 30
+    assert median_p > 0.95
 
 
 def test_string_reader_is_refused_as_box_reader() -> None:

@@ -7,6 +7,7 @@ log-probabilities where the rule's arithmetic is what is tested; the shipped ``s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -130,13 +131,21 @@ def test_shipped_string_reader_reads_written_strings(bank: Any) -> None:
     rng = np.random.default_rng(8)
     fields = string_field_blanks()
     pairs = [sample_line(fields[i % len(fields)], bank, rng) for i in range(24)]
-    lines = read_lines([FieldLine("f", x) for x, _ in pairs], reader)
+    right, median_p = reading_scores(read_lines([FieldLine("f", x) for x, _ in pairs], reader),
+                                     pairs)
+    assert right >= 20
+    assert median_p > 0.9
+
+
+def reading_scores(lines: Sequence[FieldLine], pairs: Sequence[tuple[np.ndarray, str]]
+                   ) -> tuple[int, float]:
+    """How many read ``lines`` a reader read right whole, and the median probability it
+    gave the true values (``pairs``: line pixels, true value); every line must be read."""
     lps = [ln.log_probs for ln in lines if ln.log_probs is not None]
     assert len(lps) == len(pairs)
-    right = [best_path(lp) == v for lp, (_, v) in zip(lps, pairs, strict=True)]
-    assert sum(right) >= 20
+    right = sum(best_path(lp) == v for lp, (_, v) in zip(lps, pairs, strict=True))
     probs = [np.exp(value_log_prob(lp, v)) for lp, (_, v) in zip(lps, pairs, strict=True)]
-    assert float(np.median(probs)) > 0.9
+    return int(right), float(np.median(probs))
 
 
 def test_wrong_model_is_refused_as_string_reader() -> None:
