@@ -142,18 +142,39 @@ def run_reader(device: str = "cpu") -> Any:
 
 def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
                  progress: Any = None, device: str = "cpu") -> dict[str, Any]:
-    """``pipeline.run.process`` into a fresh ``out``; summary + stage seconds."""
+    """``pipeline.run.process`` into a fresh ``out``; summary, stage seconds and CPU time.
+
+    CPU time is split between this process (the CNN, field decisions, Parquet) and its
+    page workers. The workers are reaped when their DataLoader ends, so ``RUSAGE_CHILDREN``
+    holds their whole CPU time once ``process`` returns. ``cpu_busy`` is the share of the
+    available cores kept busy over the run: near 1, only less CPU per page can go faster.
+    """
+    from pipeline.recognize import available_cores
     from pipeline.run import process
     from pipeline.settings import RunSettings
 
     shutil.rmtree(out, ignore_errors=True)
     settings = RunSettings(workers=workers, device=device)
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     summary = process([inputs], out, settings, progress=progress, predictor=predictor)
     wall = time.perf_counter() - t0
+    main_s, workers_s = (b - a for a, b in zip(cpu0, _cpu_seconds(), strict=True))
     run_json = json.loads((out / "runs" / f"{summary.run_id}.json").read_text())
+    n = max(1, summary.pages)
     return {"pages": summary.pages, "errors": summary.errors, "wall_s": wall,
-            "pages_per_s": summary.pages / wall, "stage_seconds": run_json["stage_seconds"]}
+            "pages_per_s": summary.pages / wall, "stage_seconds": run_json["stage_seconds"],
+            "main_cpu_ms_per_page": 1000 * main_s / n,
+            "worker_cpu_ms_per_page": 1000 * workers_s / n,
+            "cpu_busy": (main_s + workers_s) / max(1e-9, wall * available_cores())}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process, its reaped children): user + system CPU seconds."""
+    import resource
+
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def normalize_share(paths: Sequence[Path]) -> dict[str, float]:
@@ -323,6 +344,14 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     res["pages_per_s_2workers"] = e2["pages_per_s"]
     res["e2e_errors"] = e1["errors"] + e2["errors"]
     res["ratio_to_decode"] = e2["pages_per_s"] / res["decode_pages_per_s"]
+    # Where the 2-worker run's CPU goes, and how much a page may cost for the 0.40 ratio.
+    res["cpu_2workers"] = {
+        "main_ms_per_page": round(e2["main_cpu_ms_per_page"], 1),
+        "workers_ms_per_page": round(e2["worker_cpu_ms_per_page"], 1),
+        "busy": round(e2["cpu_busy"], 3),
+        "ms_per_page_for_ratio_040": round(
+            1000 * cores * e2["cpu_busy"] / (0.4 * res["decode_pages_per_s"]), 1),
+    }
     n = max(1, e1["pages"])
     stage = {k: 1000 * v / n for k, v in e1["stage_seconds"].items()}
     split = _in_spawned(normalize_share, paths[: min(len(paths), 8)])

@@ -62,6 +62,12 @@ def table(res: dict[str, Any]) -> str:
     out += [f"| {m} | {r} | {t} | {_ok(ok)} |" for m, r, t, ok in rows]
     stages = " · ".join(f"{k} {v:.1f}" for k, v in res["stage_ms"].items())
     out += ["", f"Per-stage ms per page (1-worker run, summed over pages / pages): {stages}."]
+    if "cpu_2workers" in res:  # results written before session 14 lack it
+        c = res["cpu_2workers"]
+        out += ["", f"CPU of the 2-worker run: main process {c['main_ms_per_page']:.1f} + page "
+                f"workers {c['workers_ms_per_page']:.1f} ms per page, cores {c['busy']:.0%} busy; "
+                f"a ratio of 0.40 at this busy share needs ≤ {c['ms_per_page_for_ratio_040']:.1f} "
+                "ms per page."]
     return "\n".join(out)
 
 

@@ -50,6 +50,9 @@ def test_decode_and_pipeline_rates(pages, tmp_path):
     assert res["pages"] == 2 and res["errors"] == 0
     assert res["pages_per_s"] > 0
     assert {"decode", "register", "segment", "cnn", "write"} <= set(res["stage_seconds"])
+    # In-process run (no workers): all CPU is the main process's, and it did real work.
+    assert res["main_cpu_ms_per_page"] > 1 and res["worker_cpu_ms_per_page"] < 1
+    assert 0 < res["cpu_busy"] <= 1.05
     runs = list((tmp_path / "out" / "runs").glob("*.json"))
     assert json.loads(runs[0].read_text())["pages"] == 2
 
