@@ -36,6 +36,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from bench.perf import cpu_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "flow_results.json"
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
@@ -121,14 +123,6 @@ def overhead(pages_dir: Path, work: Path, workers: int, model: str | None,
     }
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of the calling (worker) process."""
-    import resource
-
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return float(u.ru_utime + u.ru_stime)
-
-
 def scale_out(pages_dir: Path, work: Path, chunk_pages: int, settings: dict[str, Any]
               ) -> dict[str, Any]:
     """The flow on a LocalCluster of 1, then 2 workers (processes, 1 thread each)."""
@@ -144,12 +138,12 @@ def scale_out(pages_dir: Path, work: Path, chunk_pages: int, settings: dict[str,
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                           host="127.0.0.1", dashboard_address=None) as cluster, \
                 Client(cluster) as client:
-            cpu0 = sum(client.run(_cpu_seconds).values())
+            cpu0 = sum(client.run(cpu_seconds).values())
             t0 = time.perf_counter()
             r = run_once(pages_dir, work / f"dask{n}", settings,
                          dask_address=cluster.scheduler_address, chunk_pages=chunk_pages)
             wall = time.perf_counter() - t0
-            cpu = sum(client.run(_cpu_seconds).values()) - cpu0
+            cpu = sum(client.run(cpu_seconds).values()) - cpu0
         res[f"workers_{n}"] = {
             "pages": r["pages"], "seconds": r["seconds"], "pages_per_s": r["pages_per_s"],
             "flow_wall_s": round(wall, 2), "worker_cpu_s": round(cpu, 1),
