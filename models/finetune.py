@@ -88,6 +88,7 @@ class FinetuneResult:
     n_val: int = 0
     seconds: float = 0.0
     temperature_fitted: bool = False  # False: no validation error, base temperature kept
+    val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # held out
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -282,7 +283,7 @@ def finetune(
     model = model.to(device).to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     res = FinetuneResult(model=model, contract=contract, n_train=len(tr), n_val=len(va),
-                         config=asdict(cfg))
+                         config=asdict(cfg), val_index=va)
     acc, nll, _ = _evaluate(model, contract, x_val, y_val, device)
     best = (acc, -nll)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

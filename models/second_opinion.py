@@ -11,8 +11,11 @@ model only on doubtful crops keeps the cost to a few percent of the CNN time.
 The pairing lives in the second model's weights file (``contract.extra``):
 ``second_opinion_for`` = sha256 of the primary weights file it was paired with, and
 ``pair_temperature``. A pair temperature means nothing for any other primary, so ``"auto"``
-uses the shipped second model only with the shipped primary, and a fine-tuned primary reads
-alone (its own calibration) until a second model is paired with it::
+uses a second model only with the exact primary it was paired with: first the primary's
+*companion* ``NAME.second.safetensors`` beside ``NAME.safetensors`` (``formdigits finetune``
+fine-tunes the base's second model too and writes it there, paired on the fine-tune's own
+validation digits), then the shipped one; a primary with neither reads alone (its own
+calibration). Two models trained by ``formdigits train`` are paired with::
 
     python -m models.second_opinion --primary models/digitnet.safetensors \\
         --second WIDE.safetensors --out models/digitnet_wide.safetensors
@@ -51,6 +54,12 @@ PAIRED_FOR = "second_opinion_for"
 PAIR_TEMPERATURE = "pair_temperature"
 
 
+def mean_log_probs(primary_logits: torch.Tensor, second_logits: torch.Tensor) -> torch.Tensor:
+    """The pair's untempered scores: the mean of both models' log-probabilities (the pair
+    temperature is fitted on these, and divides them at prediction time)."""
+    return (torch.log_softmax(primary_logits, 1) + torch.log_softmax(second_logits, 1)) / 2
+
+
 class SecondOpinion:
     """Primary predictor plus a paired second model for its doubtful crops.
 
@@ -73,7 +82,7 @@ class SecondOpinion:
     def pair_probs(self, primary_logits: torch.Tensor, second_logits: torch.Tensor
                    ) -> torch.Tensor:
         """The pair's calibrated probabilities from both models' raw logits."""
-        mean = (torch.log_softmax(primary_logits, 1) + torch.log_softmax(second_logits, 1)) / 2
+        mean = mean_log_probs(primary_logits, second_logits)
         return torch.softmax(mean / self.pair_temperature, dim=1)
 
     def predict_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -97,20 +106,19 @@ def load_reader(model: str | Path | None = "default", second: str | Path | None 
                 device: str = "auto", batch_size: int = 256) -> Predictor | SecondOpinion:
     """The digit reader for ``model``: with its paired second opinion when there is one.
 
-    ``second``: ``"auto"`` = the shipped second model if it was paired with this exact
-    primary file (else none); ``"none"``/``None`` = primary alone; a path = that file, which
+    ``second``: ``"auto"`` = the primary's companion file or the shipped second model,
+    whichever was paired with this exact primary file (else none, see
+    :func:`second_weights`); ``"none"``/``None`` = primary alone; a path = that file, which
     must have been paired with this primary (:class:`ModelError` otherwise).
     """
     primary_path = resolve_weights(model)
     primary = Predictor.load(primary_path, device=device, batch_size=batch_size)
     spec = "none" if second is None else str(second)
-    second_path = second_weights(spec)
+    second_path = second_weights(spec, primary_path)
     if second_path is None:
-        return primary
+        return primary  # e.g. a fine-tuned primary without a companion: it reads alone
     pair_t = paired_temperature(second_path, file_sha256(primary_path))
     if pair_t is None:
-        if spec == "auto":
-            return primary  # e.g. a fine-tuned primary: the shipped pair does not apply
         raise ModelError(
             f"{second_path}: this second model was not paired with {primary_path}",
             hint="Pair them with `python -m models.second_opinion --primary PRIMARY "
@@ -120,14 +128,31 @@ def load_reader(model: str | Path | None = "default", second: str | Path | None 
                                                  batch_size=batch_size), pair_t)
 
 
-def second_weights(spec: str) -> Path | None:
-    """The second model file ``spec`` names: ``"auto"`` = the shipped one (None when it is
-    not installed), ``"none"`` = None, else the path (which must exist)."""
+def companion_path(primary: str | Path) -> Path:
+    """Where a primary's own second model lives: ``NAME.second.safetensors`` beside it."""
+    p = Path(primary)
+    return p.with_name(f"{p.stem}.second{p.suffix or '.safetensors'}")
+
+
+def second_weights(spec: str, primary: str | Path | None = None) -> Path | None:
+    """The second model file ``spec`` names for ``primary`` (None: read alone).
+
+    ``"none"`` = None. ``"auto"`` = the first of the primary's companion
+    (:func:`companion_path`) and the shipped second model that exists and was paired with
+    this primary file, else None; without ``primary`` only the shipped one is considered.
+    Anything else is a path, which must exist.
+    """
     if spec == "none":
         return None
-    if spec == "auto":
+    if spec != "auto":
+        return resolve_weights(spec)
+    if primary is None:
         return SECOND_WEIGHTS if SECOND_WEIGHTS.is_file() else None
-    return resolve_weights(spec)
+    sha = file_sha256(resolve_weights(primary))
+    for candidate in (companion_path(resolve_weights(primary)), SECOND_WEIGHTS):
+        if candidate.is_file() and paired_temperature(candidate, sha) is not None:
+            return candidate
+    return None
 
 
 def paired_temperature(second_path: str | Path, primary_sha256: str) -> float | None:
@@ -178,20 +203,31 @@ def pair(primary: Path, second: Path, out: Path, data: str = "mnist") -> dict[st
     p1 = Predictor.load(primary, device="cpu", batch_size=1000)
     model, contract = load_model(second)
     p2 = Predictor(model, contract, device="cpu", batch_size=1000)
-    mean = (torch.log_softmax(p1.logits(pixels), 1) + torch.log_softmax(p2.logits(pixels), 1)) / 2
-    t = fit_temperature(mean, labels)
-    sha = file_sha256(primary)
-    contract = contract.with_(extra={**contract.extra, PAIRED_FOR: sha,
-                                     PAIR_TEMPERATURE: f"{t:.6f}"})
+    t = fit_temperature(mean_log_probs(p1.logits(pixels), p2.logits(pixels)), labels)
     keep = {k: v for k, v in old.items() if k in (
         "history", "training", "training_data", "test_data", "test_metrics", "train_seconds",
         "best_epoch", "val_accuracy", "threads")}
-    pairing = {"primary": str(primary.name), "primary_sha256": sha,
-               "primary_version": p1.model_version, "pair_temperature": t,
-               "fitted_on": f"{data}:train validation split (seed {split[1]}, "
-                            f"{split[0]} digits)",
-               "below": SECOND_OPINION_BELOW}
-    save_model(model, contract, out, card={**keep, "second_opinion": pairing})
+    return save_paired(model, contract, out, primary, t, p1.model_version,
+                       f"{data}:train validation split (seed {split[1]}, {split[0]} digits)",
+                       keep)
+
+
+def save_paired(model: torch.nn.Module, contract: Contract, out: Path, primary: Path,
+                pair_temperature: float, primary_version: str, fitted_on: str,
+                card: dict[str, Any]) -> dict[str, Any]:
+    """Write second model ``model`` to ``out`` paired with the primary file ``primary``.
+
+    The pairing (the primary's sha256 and the pair temperature) goes into the contract, so
+    it travels with the weights; ``card`` (plus a ``second_opinion`` entry saying how the
+    pair was fitted) becomes the model card. Returns that entry.
+    """
+    sha = file_sha256(primary)
+    contract = contract.with_(extra={**contract.extra, PAIRED_FOR: sha,
+                                     PAIR_TEMPERATURE: f"{pair_temperature:.6f}"})
+    pairing = {"primary": str(Path(primary).name), "primary_sha256": sha,
+               "primary_version": primary_version, "pair_temperature": pair_temperature,
+               "fitted_on": fitted_on, "below": SECOND_OPINION_BELOW}
+    save_model(model, contract, out, card={**card, "second_opinion": pairing})
     return pairing
 
 

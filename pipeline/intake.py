@@ -326,7 +326,7 @@ def cached_predictor(model: str, device: str = "auto", batch_size: int = 256,
     from models.weights import file_sha256, resolve_weights
 
     path = resolve_weights(model)
-    other = second_weights(second)
+    other = second_weights(second, path)
     other_key = (str(other), file_sha256(other)) if other else (second, "")
     key = (os.path.abspath(path), file_sha256(path), *other_key, device, batch_size)
     with _MODELS_LOCK:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -212,3 +213,64 @@ def test_usps_is_renormalized_to_the_contract(usps_dir):
     cy = (mass.sum(2) * np.arange(28)).sum(1) / mass.sum((1, 2))
     cx = (mass.sum(1) * np.arange(28)).sum(1) / mass.sum((1, 2))
     assert abs(np.median(cy) - 13.5) < 1.0 and abs(np.median(cx) - 13.5) < 1.0
+
+
+def test_finetune_keeps_the_second_opinion_paired_on_the_held_out_digits(tmp_path, shuffled):
+    """Fine-tuning the shipped pair writes the second model beside the new primary, paired
+    with that exact file on the fine-tune's validation digits: `auto` then reads with the
+    cascade, the pair temperature is the one fitted on those digits, and asking for no
+    second opinion writes none."""
+    from models.calibration import fit_temperature
+    from models.finetune_cli import finetune_file
+    from models.second_opinion import (
+        SecondOpinion,
+        companion_path,
+        load_reader,
+        mean_log_probs,
+        paired_temperature,
+    )
+    from models.weights import SECOND_WEIGHTS, file_sha256, load_model
+
+    images, labels = shuffled
+    distorted = np.stack([_distort(im) for im in images[3000:3200]])  # a new handwriting
+    _write_folder(tmp_path / "mine", distorted, labels[3000:3200])
+    out = tmp_path / "tuned.safetensors"
+    stages: list[str] = []
+    card = finetune_file("default", str(tmp_path / "mine"), out, epochs=1, seed=2,
+                         device="cpu", on_stage=stages.append)
+    companion = companion_path(out)
+    assert companion == tmp_path / "tuned.second.safetensors" and companion.is_file()
+    assert len(stages) == 2 and "digitnet-wide" in stages[1]
+    second, contract = load_model(companion)
+    shipped = load_model(SECOND_WEIGHTS)[1]
+    assert contract.parent == shipped.version and contract.arch == "digitnet_wide"
+    pair_t = paired_temperature(companion, file_sha256(out))
+    assert pair_t is not None and card["sha256"] == file_sha256(out)
+    reader = load_reader(out, "auto", device="cpu")
+    assert isinstance(reader, SecondOpinion) and reader.pair_temperature == pair_t
+
+    # The pair temperature is fitted on the held-out digits (the pair still errs on some
+    # of this handwriting, so there is something to fit).
+    pair_card = json.loads(companion.with_suffix(".json").read_text())
+    assert pair_card["pair_temperature_fitted"] is True
+    assert pair_card["second_opinion"]["primary_sha256"] == card["sha256"]
+    from models.datasets import load_digits
+
+    ds = load_digits(str(tmp_path / "mine"), "train")  # the digits as the fine-tune read them
+    _, va = split_holdout(ds.labels, 0.15, 20, seed=2)
+    primary, pc = load_model(out)
+    cpu = torch.device("cpu")
+    mean = mean_log_probs(predict_logits(primary, pc, ds.images[va], cpu),
+                          predict_logits(second, contract, ds.images[va], cpu))
+    expected = fit_temperature(mean, torch.from_numpy(ds.labels[va].astype(np.int64)))
+    assert pair_t == pytest.approx(expected, rel=2e-3)  # a flat optimum: fit tolerance
+    assert pair_card["second_opinion"]["fitted_on"].endswith(f"seed 2, {len(va)} digits)")
+
+    # A stale companion (paired with another primary) is never used; "none" writes none.
+    alone = tmp_path / "alone.safetensors"
+    finetune_file("default", str(tmp_path / "mine"), alone, epochs=1, seed=2,
+                  device="cpu", second="none")
+    assert not companion_path(alone).is_file()
+    shutil.copy(companion, companion_path(alone))
+    shutil.copy(companion.with_suffix(".json"), companion_path(alone).with_suffix(".json"))
+    assert not isinstance(load_reader(alone, "auto", device="cpu"), SecondOpinion)
