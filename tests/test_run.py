@@ -365,3 +365,54 @@ def test_page_workers_inherit_the_prepared_templates(monkeypatch: pytest.MonkeyP
     item = recognize.PageItem("x.png", "x.png", "0" * 64, 0)
     recognize._loader([item], [good, bad], SETTINGS, 1)  # workers start only when iterated
     assert list(register_code._CACHE) == [good.model_dump_json()]
+
+
+def test_pages_assembled_together_read_their_lines_in_one_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages are assembled ASSEMBLE_PAGES at a time so the line readers work in batches
+    (issue 7): every page gets the rows it gets when assembled alone, and each group's
+    string lines, then its doubted boxed-field lines, are read in one call each."""
+    from models.second_opinion import load_reader
+    from pipeline import assemble, recognize
+    from pipeline.plan import plan_files
+    from pipeline.templates import load_templates
+
+    root = Path(__file__).resolve().parents[1] / "sample_scans"
+    settings = RunSettings.model_validate({"workers": 0, "device": "cpu"})
+    templates = load_templates(settings.templates)
+    items = [p for w in plan_files([root], settings, {}, []).items for p in w.page_items()]
+    works = list(recognize.iter_works(items, templates, settings))
+    reader = load_reader("default", "auto", device="cpu")
+    calls: list[tuple[str, int]] = []
+    real = assemble.line_reader
+
+    def counting(path: str, arch: str = "stringnet") -> object:
+        inner = real(path, arch)
+        if inner is None:
+            return None
+
+        def read(pixels: np.ndarray) -> np.ndarray:
+            calls.append((arch, len(pixels)))
+            return inner(pixels)
+        return read
+
+    def rows(group: int) -> list[tuple[object, ...]]:
+        monkeypatch.setattr(recognize, "ASSEMBLE_PAGES", group)
+        calls.clear()
+        outs = list(recognize.recognize(iter(works), reader, templates, settings, "r"))
+        assert [(o.source, o.page) for o in outs] == [(w.item.source, w.item.page)
+                                                       for w in works]
+        return [(o.source, o.page, f.field, f.value, f.status, f.reasons, f.alternatives,
+                 round(f.confidence, 5)) for o in outs for f in o.fields]
+
+    monkeypatch.setattr(assemble, "line_reader", counting)
+    alone = rows(1)
+    alone_calls = list(calls)
+    together = rows(4)
+    assert together == alone
+    n_groups = -(-len(works) // 4)
+    for arch in ("stringnet", "boxnet"):
+        lines_alone = sum(n for a, n in alone_calls if a == arch)
+        lines = [n for a, n in calls if a == arch]
+        assert sum(lines) == lines_alone > 0, arch  # the same lines are read ...
+        assert len(lines) <= n_groups < len([n for a, n in alone_calls if a == arch]), arch
