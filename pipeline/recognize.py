@@ -4,8 +4,9 @@ A torch ``Dataset`` over ``(file, page)`` items does decode → register → seg
 DataLoader workers and hands back a small picklable :class:`PageWork` (28x28 crops plus
 registration facts, or the error that stopped the page; a bad file never raises out of a
 worker). The main process pools crops ACROSS pages into exact batches of
-``settings.batch_size`` for the predictor, then emits each page's records in input order
-as soon as all its crops are read, so memory stays flat however many pages there are.
+``settings.batch_size`` for the predictor, then assembles the pages whose crops are all
+read, a few at a time (:data:`ASSEMBLE_PAGES`, so the line readers work in batches), and
+emits their records in input order, so memory stays flat however many pages there are.
 """
 
 from __future__ import annotations
