@@ -96,8 +96,7 @@ def _tune(base_path: Path, ds: Any, idx: Any, limit: int | None, cfg: Any, pool:
         "base_model": {"path": str(base_path), "version": contract.version, "sha256": base_sha,
                        "temperature": contract.temperature},
         "finetune_data": {"source": ds.source, "sha256": ds.sha256, "n_available": len(ds.labels),
-                          "limit": limit,
-                          "n_used": len(idx), "n_train": res.n_train,
+                          "limit": limit, "n_used": len(idx), "n_train": res.n_train,
                           "n_val": res.n_val, "class_counts": counts},
         "finetune": {**res.config, "replay_source": "mnist:train" if cfg.replay > 0 else None,
                      "steps_run": res.steps_run, "epochs_run": res.epochs_run,
@@ -116,7 +115,8 @@ def _pair_tuned(primary: _Tuned, second: _Tuned, second_base: Path, base_path: P
 
     Neither model trained on those digits (both held out the same split). When the pair
     reads all of them right the fit has nothing to go on (the NLL keeps falling as T -> 0),
-    so the base pair's temperature is kept, as the primary keeps its own then.
+    so the base pair's temperature is kept, as the primary keeps its own then (a second
+    model that was not paired with the base has none: the primary's temperature stands in).
     """
     import numpy as np
     import torch
@@ -138,7 +138,10 @@ def _pair_tuned(primary: _Tuned, second: _Tuned, second_base: Path, base_path: P
                           predict_logits(second.result.model, second.contract, x, cpu))
     fitted = bool((mean.argmax(1).numpy() != y).any())
     base_t = paired_temperature(second_base, file_sha256(base_path))
-    t = fit_temperature(mean, torch.from_numpy(y)) if fitted or base_t is None else base_t
+    if fitted:
+        t = fit_temperature(mean, torch.from_numpy(y))
+    else:
+        t = base_t if base_t is not None else primary.contract.temperature
     card = {**second.card, "pair_temperature_fitted": fitted}
     save_paired(second.result.model, second.contract, companion_path(out), out, t,
                 primary.contract.version,
