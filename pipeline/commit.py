@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pipeline.assemble import PageOutcome
+from pipeline.assemble_pages import PageOutcome
 from pipeline.plan import WorkItem
 from pipeline.records import ErrorRecord
 from pipeline.store import FileEntry, OutputStore, PendingCommit

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.assemble import PageOutcome, assemble_pages
+from pipeline.assemble_pages import PageOutcome, assemble_pages
 from pipeline.errors import FormdigitsError, RegistrationError
 from pipeline.pieces import piece_scorer, score_pieces
 from pipeline.records import FieldCrop, FieldLine, RegisteredPage
@@ -40,7 +40,7 @@ from pipeline.templates import Template
 log = logging.getLogger(__name__)
 
 # Pages read by the CNN are assembled ASSEMBLE_PAGES at a time, so that their string and
-# boxed-field lines are read in one batch (pipeline.assemble.assemble_pages): on one thread
+# boxed-field lines are read in one batch (pipeline.assemble_pages.assemble_pages): on one thread
 # the line readers take 1.2 / 1.7 ms per line in a batch of 4 against 2.4 / 3.8 ms alone.
 # Larger groups gain little more and hold the run's last pages back longer.
 ASSEMBLE_PAGES = 4

@@ -373,7 +373,7 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
     (issue 7): every page gets the rows it gets when assembled alone, and each group's
     string lines, then its doubted boxed-field lines, are read in one call each."""
     from models.second_opinion import load_reader
-    from pipeline import assemble, recognize
+    from pipeline import assemble_pages, recognize
     from pipeline.plan import plan_files
     from pipeline.templates import load_templates
 
@@ -384,7 +384,7 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
     works = list(recognize.iter_works(items, templates, settings))
     reader = load_reader("default", "auto", device="cpu")
     calls: list[tuple[str, int]] = []
-    real = assemble.line_reader
+    real = assemble_pages.line_reader
 
     def counting(path: str, arch: str = "stringnet") -> object:
         inner = real(path, arch)
@@ -405,7 +405,7 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
         return [(o.source, o.page, f.field, f.value, f.status, f.reasons, f.alternatives,
                  round(f.confidence, 5)) for o in outs for f in o.fields]
 
-    monkeypatch.setattr(assemble, "line_reader", counting)
+    monkeypatch.setattr(assemble_pages, "line_reader", counting)
     alone = rows(1)
     alone_calls = list(calls)
     together = rows(4)
