@@ -158,9 +158,11 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # the wall is only (peak - wall) / peak of its full contrast. Scaling it back gives
     # strokes the same level on and off the walls (and undoes the model's one-pixel slack).
     full = max(peak, 2.0 * MIN_INK)
-    gain = full / np.maximum(full - wall, 0.35 * full)
+    gain = np.maximum(full - wall, 0.35 * full)
+    np.divide(full, gain, out=gain)
     excess = raw - wall
-    ink = np.clip(excess * gain, 0.0, 255.0).astype(np.float32)
+    ink = np.multiply(excess, gain, out=gain)  # (in place: fresh temporaries cost more)
+    np.clip(ink, 0.0, 255.0, out=ink)
     # Binarize the unscaled excess: the scaling would lift a stroke's soft edge (blurred
     # into the wall) above the threshold and widen strokes where they cross walls.
     binary = (excess > low).astype(np.uint8)
@@ -203,13 +205,18 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
 
 def _ranks(values: np.ndarray, q: float, axis: int) -> tuple[np.ndarray, np.ndarray, float]:
     """The two order statistics around the ``q``-th percentile along ``axis`` and the
-    fraction between them (np.percentile's linear interpolation), from a partial sort of
-    those two ranks only: np.percentile's general machinery costs several times more."""
+    fraction between them (np.percentile's linear interpolation): np.percentile's general
+    machinery costs several times more. One long array is partitioned around those two
+    ranks only; many short rows (wall profiles) are sorted whole, since numpy's vectorized
+    sort of short rows costs half of partitioning them row by row."""
     n = values.shape[axis]
     pos = q / 100.0 * (n - 1)
     k = int(pos)
     k1 = min(k + 1, n - 1)
-    part = np.partition(values, [k, k1] if k1 != k else [k], axis=axis)
+    if values.ndim > 1:
+        part = np.sort(values, axis=axis)
+    else:
+        part = np.partition(values, [k, k1] if k1 != k else [k])
     return np.take(part, k, axis=axis), np.take(part, k1, axis=axis), pos - k
 
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline.segment import EMPTY_AREA_PX, EMPTY_EXTENT, FieldInk, Piece, piece_ink
-from pipeline.segment_cuts import least_ink_column, new_cut, path_cut
+from pipeline.segment_cuts import least_ink_column, new_cut, path_cuts
 from pipeline.templates import FormField
 
 # Cuts offered for digits touching across a wall: (path or straight, wall shift in box
@@ -65,14 +65,22 @@ def _cut_variants(fi: FieldInk, comp: np.ndarray, x: int, y: int,
     proj = comp.sum(axis=0).astype(np.float32)
     out: list[list[np.ndarray]] = []
     seen: list[list[np.ndarray]] = []
+
+    def wall_at(b1: int, b2: int, shift: float) -> tuple[float, int]:
+        bw = fi.boxes[b1][2]
+        wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x + shift * bw
+        return wall, max(1, int(0.125 * bw))
+
+    # Every variant's paths in one call (see path_cuts).
+    wanted = list(dict.fromkeys(wall_at(b1, b2, shift) for kind, shift in CUT_VARIANTS
+                                if kind == "path" for b1, b2 in itertools.pairwise(big)))
+    paths = dict(zip(wanted, path_cuts(comp, wanted), strict=True))
     for kind, shift in CUT_VARIANTS:
         edges = [np.zeros((h, 1), np.int64)]
         for b1, b2 in itertools.pairwise(big):
-            bw = fi.boxes[b1][2]
-            wall = (fi.boxes[b1][0] + fi.boxes[b1][2] + fi.boxes[b2][0]) / 2 - x + shift * bw
-            half = max(1, int(0.125 * bw))
+            wall, half = wall_at(b1, b2, shift)
             if kind == "path":
-                cut = path_cut(comp, wall, half)[:, None]
+                cut = paths[(wall, half)][:, None]
             else:
                 cut = np.full((h, 1), least_ink_column(proj, wall, 2 * half))
             edges.append(np.maximum(cut, edges[-1] + 1))

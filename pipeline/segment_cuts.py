@@ -6,6 +6,8 @@ Shared by the boxed-field (:mod:`pipeline.segment_boxes`) and string-field
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -38,29 +40,54 @@ def path_cut(m: np.ndarray, c: float, half: int) -> np.ndarray:
     that may step one column per row (dynamic programming over the rows, crossing ink is
     expensive, straying from ``c`` a little) follows the gap between them.
     """
+    return path_cuts(m, [(c, half)])[0]
+
+
+def path_cuts(m: np.ndarray, cuts: Sequence[tuple[float, int]]) -> list[np.ndarray]:
+    """:func:`path_cut` of ``m`` for every ``(c, half)`` of ``cuts``, computed together.
+
+    The dynamic programme runs row by row in numpy calls whose overhead, not arithmetic,
+    is its cost; the cuts of one mask run side by side in one array (each in its own
+    window, padded with infinite cost, which no path takes), one set of calls per row.
+    """
     h, w = m.shape
-    lo, hi = max(1, int(c) - 2 * half), min(w - 1, int(c) + 2 * half + 1)
-    if hi - lo < 3:
-        return np.full(h, int(c))
-    xs = np.arange(lo, hi)
-    cost = m[:, lo:hi].astype(np.float32) * 10.0 + (np.abs(xs - c) / max(half, 1))[None, :]
+    wins = [(max(1, int(c) - 2 * half), min(w - 1, int(c) + 2 * half + 1)) for c, half in cuts]
+    todo = [i for i, (lo, hi) in enumerate(wins) if hi - lo >= 3]
+    out = [np.full(h, int(c)) for c, _ in cuts]
+    if not todo:
+        return out
+    width = max(wins[i][1] - wins[i][0] for i in todo)
+    # cost[y, i, 1 + x]: crossing ink is expensive, straying from c a little.
+    cost = np.full((h, len(todo), width + 2), np.inf)
+    for k, i in enumerate(todo):
+        (c, half), (lo, hi) = cuts[i], wins[i]
+        xs = np.arange(lo, hi)
+        cost[:, k, 1 : 1 + hi - lo] = (m[:, lo:hi].astype(np.float32) * 10.0
+                                       + (np.abs(xs - c) / max(half, 1))[None, :])
     # Forward pass: the cheapest path cost to every pixel, one row at a time; the min
     # over the three cells above is the min of two overlapping pairs (no argmin, no
-    # fancy indexing: these per-row numpy calls were the segmenter's costliest loop).
+    # fancy indexing). Costs add up in float64 but predecessors are compared in float32
+    # (``pair``, and ``rows`` below): the rounding the first version of this cut had,
+    # kept so that near-ties resolve as they always have.
     acc = np.empty_like(cost)
     acc[0] = cost[0]
-    # Costs add up in float64 but predecessors are compared in float32 (``pair``, and
-    # ``rows`` below): the rounding the first version of this cut had, kept so that
-    # near-ties resolve as they always have.
-    pair = np.empty(hi - lo - 1, np.float32)
+    acc[1:, :, 0] = acc[1:, :, -1] = np.inf
+    pair = np.empty((len(todo), width + 1), np.float32)
     for y in range(1, h):
         prev, cur = acc[y - 1], acc[y]
-        np.minimum(prev[:-1], prev[1:], out=pair)
-        np.minimum(pair[:-1], pair[1:], out=cur[1:-1])
-        cur[0], cur[-1] = pair[0], pair[-1]
+        np.minimum(prev[:, :-1], prev[:, 1:], out=pair)
+        np.minimum(pair[:, :-1], pair[:, 1:], out=cur[:, 1:-1])
         cur += cost[y]
-    # Backward: follow the cheapest predecessor, preferring left, then above, then right
-    # on ties.
+    for k, i in enumerate(todo):
+        lo, hi = wins[i]
+        out[i] = _trace(acc[:, k, 1 : 1 + hi - lo], lo)
+    return out
+
+
+def _trace(acc: np.ndarray, lo: int) -> np.ndarray:
+    """Backward pass of :func:`path_cuts` over one cut's costs ``acc`` (rows × window):
+    follow the cheapest predecessor, preferring left, then above, then right on ties."""
+    h = acc.shape[0]
     rows = acc.astype(np.float32).tolist()
     last = len(rows[0]) - 1
     path = np.empty(h, np.int64)

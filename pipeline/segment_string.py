@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from pipeline.segment import FieldInk, Piece, piece_ink
-from pipeline.segment_cuts import least_ink_column, new_cut, path_cut
+from pipeline.segment_cuts import least_ink_column, new_cut, path_cuts
 from pipeline.templates import FormField, Template
 
 SINGLE_MAX_RATIO = 0.85  # groups narrower than this × digit height are one digit
@@ -141,12 +141,24 @@ def _cuts(proj: np.ndarray, k: int, shift: float = 0.0) -> list[int]:
     return [least_ink_column(proj, (i + shift) * w / k, half, pull=0.15) for i in range(1, k)]
 
 
-def _variants(m: np.ndarray, proj: np.ndarray, k: int) -> list[tuple[int, list[np.ndarray]]]:
+def _paths(m: np.ndarray, proj: np.ndarray, kmax: int) -> dict[tuple[int, int], np.ndarray]:
+    """Every ink-avoiding path :func:`_variants` asks for, up to ``kmax`` pieces, by
+    ``(column, half)``: computed together (:func:`pipeline.segment_cuts.path_cuts`)."""
+    wanted = list(dict.fromkeys(
+        (c, max(1, int(0.22 * m.shape[1] / k)))
+        for k in range(2, kmax + 1) for shift in CUT_SHIFTS for c in _cuts(proj, k, shift)
+    ))
+    return dict(zip(wanted, path_cuts(m, wanted), strict=True))
+
+
+def _variants(m: np.ndarray, proj: np.ndarray, k: int,
+              paths: dict[tuple[int, int], np.ndarray]) -> list[tuple[int, list[np.ndarray]]]:
     """Cut hypotheses for ``k`` pieces of one group: ``(split id, per-cut x of each row)``.
 
     Split ``k`` is the straight cut at the least-ink columns; ids ``k + PATH_SPLIT * j``
-    are variants: the cuts shifted left/right, and each as an ink-avoiding path. The
-    model picks among them (same piece count: the most probable reading).
+    are variants: the cuts shifted left/right, and each as an ink-avoiding path (from
+    ``paths``, see :func:`_paths`). The model picks among them (same piece count: the
+    most probable reading).
     """
     h = m.shape[0]
     if k == 1:
@@ -157,7 +169,7 @@ def _variants(m: np.ndarray, proj: np.ndarray, k: int) -> list[tuple[int, list[n
     for shift in CUT_SHIFTS:
         cuts = _cuts(proj, k, shift)
         for edges in ([np.full((h, 1), c) for c in cuts],
-                      [path_cut(m, c, half)[:, None] for c in cuts]):
+                      [paths[(c, half)][:, None] for c in cuts]):
             if new_cut(edges, seen):
                 out.append((k + PATH_SPLIT * len(out), edges))
     return out
@@ -211,9 +223,10 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
         likely = min(kmax, _likely_pieces(m, ratio, hd))
         proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
         cols = np.arange(m.shape[1])[None, :] - sx0
+        paths = _paths(m[:, sx0:sx1], proj, kmax)
         for k in range(1, kmax + 1):
             flags = ("touching", "likely") if k == likely else ("touching",)
-            variants = _variants(m[:, sx0:sx1], proj, k)
+            variants = _variants(m[:, sx0:sx1], proj, k, paths)
             for split, edges in variants:
                 lims = [np.zeros((m.shape[0], 1), np.int64), *edges,
                         np.full((m.shape[0], 1), sx1 - sx0)]

@@ -337,3 +337,18 @@ def test_path_cut_is_the_cheapest_path() -> None:
         c = float(rng.integers(0, w)) + (0.5 if rng.random() < 0.5 else float(rng.random()))
         half = int(rng.integers(1, 10))
         assert path_cut(m, c, half).tolist() == _reference_path_cut(m, c, half)
+
+
+def test_path_cuts_side_by_side_take_each_cut_s_own_path() -> None:
+    """Cuts computed together (windows of different widths padded side by side, some too
+    narrow to search) give each cut the textbook path it gets alone."""
+    from pipeline.segment_cuts import path_cuts
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        h, w = int(rng.integers(2, 90)), int(rng.integers(3, 60))
+        m = (rng.random((h, w)) < rng.uniform(0.0, 0.6)).astype(np.uint8)
+        cuts = [(float(rng.integers(0, w)) + float(rng.random()), int(rng.integers(1, 10)))
+                for _ in range(int(rng.integers(1, 7)))]
+        got = path_cuts(m, cuts)
+        assert [p.tolist() for p in got] == [_reference_path_cut(m, c, hf) for c, hf in cuts]
