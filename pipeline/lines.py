@@ -100,13 +100,19 @@ def value_log_prob(log_probs: np.ndarray, value: str) -> float:
     # A label may skip the blank before it when it differs from the label two back.
     skip = np.zeros(s, bool)
     skip[2:] = (lab[2:] != 0) & (lab[2:] != lab[:-2])
-    alpha = np.full(s, -np.inf)
-    alpha[0] = lp[0, lab[0]]
-    alpha[1] = lp[0, lab[1]]
+    emit = lp[:, lab]  # (columns, labels): each label's log-probability in every column
+    # ``padded`` holds two -inf cells before alpha, so alpha shifted by one or two labels
+    # is a view; the per-column numpy calls (not arithmetic) are this loop's cost.
+    padded = np.full(s + 2, -np.inf)
+    alpha = padded[2:]
+    alpha[0] = emit[0, 0]
+    alpha[1] = emit[0, 1]
+    prev2 = np.empty(s)
     for t in range(1, lp.shape[0]):
-        prev1 = np.concatenate(([-np.inf], alpha[:-1]))
-        prev2 = np.where(skip, np.concatenate(([-np.inf, -np.inf], alpha[:-2])), -np.inf)
-        alpha = np.logaddexp(np.logaddexp(alpha, prev1), prev2) + lp[t, lab]
+        np.copyto(prev2, -np.inf)
+        np.copyto(prev2, padded[:-2], where=skip)
+        np.logaddexp(np.logaddexp(alpha, padded[1:-1]), prev2, out=prev2)
+        np.add(prev2, emit[t], out=alpha)
     return float(np.logaddexp(alpha[-1], alpha[-2]))
 
 
