@@ -38,6 +38,7 @@ from pipeline.records import FieldCrop, FieldLine, RegisteredPage
 from pipeline.templates import FormField, Template
 
 MARGIN_MM = 3.0
+_KERNEL3 = np.ones((3, 3), np.uint8)
 WALL_TOL_PX = 3  # registration error allowed around a printed wall (template px)
 MIN_INK = 25.0  # lowest ink contrast (0-255) that can count as a stroke
 MIN_SPECK_PX = 8  # components smaller than this are scanner noise
@@ -335,9 +336,14 @@ def piece_ink(fi: FieldInk, mask: np.ndarray, window: tuple[int, int, int, int] 
     y1, x1 = min(mask.shape[0], y1 + 1), min(mask.shape[1], x1 + 1)
     sub = mask[y0:y1, x0:x1]
     # One pixel of dilation keeps the soft stroke edges below the threshold, like MNIST.
-    near = cv2.dilate(sub, np.ones((3, 3), np.uint8)) & (1 - fi.walls[y0:y1, x0:x1])
-    ink = np.where(near > 0, fi.ink[y0:y1, x0:x1], 0.0)
-    out = np.clip(np.rint(ink), 0, 255).astype(np.uint8)
+    near = cv2.dilate(sub, _KERNEL3) > 0
+    near[fi.walls[y0:y1, x0:x1] > 0] = False
+    # (ink times the boolean mask is the ink where it is set: many small arrays per
+    # page, so every temporary saved counts)
+    ink = np.multiply(fi.ink[y0:y1, x0:x1], near, dtype=np.float32)
+    np.rint(ink, out=ink)
+    np.clip(ink, 0, 255, out=ink)
+    out = ink.astype(np.uint8)
     ox, oy = fi.origin
     return out, (int(x0 + ox), int(y0 + oy), int(x1 - x0), int(y1 - y0))
 
