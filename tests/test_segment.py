@@ -352,3 +352,25 @@ def test_path_cuts_side_by_side_take_each_cut_s_own_path() -> None:
                 for _ in range(int(rng.integers(1, 7)))]
         got = path_cuts(m, cuts)
         assert [p.tolist() for p in got] == [_reference_path_cut(m, c, hf) for c, hf in cuts]
+
+
+def test_component_labels_are_16_bit_only_where_they_cannot_overflow(
+        tmpl: Template, digits: tuple) -> None:
+    """field_ink labels in 16 bits (a faster statistics pass) only where the region cannot
+    hold 65,535 components, with the labels and statistics of a 32-bit labelling; a larger
+    field falls back to 32 bits and is still cut into its digits."""
+    amount = tmpl.field_by_name["amount"]
+    big = amount.model_copy(update={"x_mm": 12.0, "y_mm": 180.0, "w_mm": 186.0, "h_mm": 45.0})
+    t_big = tmpl.model_copy(update={"fields": (big,)})
+    img = render_blank(t_big)
+    for i, d in enumerate((3, 8, 1)):
+        paint(img, pick(digits, d), round(t_big.px(20.0 + 12.0 * i)), round(t_big.px(190.0)), 60)
+    x, y, _, _ = box_px(tmpl, "zip_code", 0)
+    paint(img, pick(digits, 5), x + 8, y + 8, 38)
+    for fi, dtype in ((field_ink(img, tmpl, tmpl.field_by_name["zip_code"]), np.uint16),
+                      (field_ink(img, t_big, big), np.int32)):
+        assert fi.labels.dtype == dtype
+        _, labels32, stats32, _ = cv2.connectedComponentsWithStats(fi.binary, connectivity=8)
+        assert np.array_equal(fi.labels, labels32) and np.array_equal(fi.stats, stats32)
+        assert fi.stats.shape[0] > 1  # the digits are there
+    assert sum(not p.empty for p in field_pieces(img, t_big, big)) >= 3
