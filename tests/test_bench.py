@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from bench.perf import RssSampler, decode_rate, run_pipeline
+from bench.perf import decode_rate, run_pipeline
+from bench.perf_memory import RssSampler
 from bench.perf_pages import copy_pages, make_pages
 from bench.perf_plot import plot
 from pipeline.ingest import load_page
@@ -263,3 +264,18 @@ def test_seeds_pool_the_counts_of_every_seed_and_reuse_the_pages(tmp_path, capsy
     stamp = {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
     assert main(args) == 0
     assert stamp == {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
+
+
+def test_ratio_is_taken_from_the_pair_of_median_ratio():
+    """Each 2-worker run is paired with the floor measured next to it; the reported pair is
+    the one of median ratio (lower median for an even count), not a mix of two moments."""
+    from bench.perf import median_pair
+
+    pairs = [(100.0, 30.0), (80.0, 20.0), (90.0, 27.0)]  # ratios 0.30, 0.25, 0.30
+    assert median_pair(pairs) in (0, 2)
+    assert pairs[median_pair(pairs)][1] / pairs[median_pair(pairs)][0] == pytest.approx(0.30)
+    assert median_pair([(100.0, 40.0), (100.0, 20.0), (100.0, 30.0)]) == 2
+    assert median_pair([(100.0, 40.0), (100.0, 20.0)]) == 1
+    assert median_pair([(50.0, 10.0)]) == 0
+    with pytest.raises(ValueError):
+        median_pair([])
