@@ -416,3 +416,33 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
         lines = [n for a, n in calls if a == arch]
         assert sum(lines) == lines_alone > 0, arch  # the same lines are read ...
         assert len(lines) <= n_groups < len([n for a, n in alone_calls if a == arch]), arch
+
+
+def test_plan_hashes_in_threads_but_keeps_discovery_order_and_first_duplicate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are hashed on several threads; the plan still lists them in discovery order,
+    skips the later copy of a duplicate, and turns an unreadable file into its error."""
+    import pipeline.plan as plan_mod
+    from pipeline.errors import InputError
+    from pipeline.settings import RunSettings
+
+    src = sorted(Path("sample_scans").glob("*.png"))[:3]
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    for name, s in zip(names, [src[0], src[1], src[0], src[2], src[1]], strict=True):
+        (tmp_path / name).write_bytes(s.read_bytes())
+    real = plan_mod.file_sha256
+
+    def slow_first(path: Path) -> str:
+        if path.name == "a.png":  # finishes last: order must not follow completion
+            import time
+            time.sleep(0.2)
+        if path.name == "d.png":
+            raise InputError(f"{path}: cannot read file: denied")
+        return real(path)
+
+    monkeypatch.setattr(plan_mod, "file_sha256", slow_first)
+    monkeypatch.setattr("pipeline.recognize.available_cores", lambda: 4)
+    plan = plan_mod.plan_files([tmp_path], RunSettings(), {}, [])
+    assert [Path(w.source).name for w in plan.items] == ["a.png", "b.png", "d.png"]
+    assert plan.items[2].error is not None and plan.items[2].file_sha256 is None
+    assert sorted(Path(s).name for s in plan.skipped) == ["c.png", "e.png"]
