@@ -153,7 +153,7 @@ def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
     holds their whole CPU time once ``process`` returns. ``cpu_busy`` is the share of the
     available cores kept busy over the run: near 1, only less CPU per page can go faster.
     """
-    from pipeline.recognize import available_cores
+    from pipeline.page_workers import available_cores
     from pipeline.run import process
     from pipeline.settings import RunSettings
 
@@ -231,7 +231,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> dict[str, Any]:
     """Every measurement of one benchmark run, as a JSON-able dict."""
     import torch
 
-    from pipeline.recognize import available_cores
+    from pipeline.page_workers import available_cores
 
     bank, why = mnist_bank_or_none()
     if bank is None:

@@ -97,7 +97,7 @@ def _hashes(paths: Sequence[Path]) -> list[str | FormdigitsError]:
         return [one(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.recognize import available_cores
+    from pipeline.page_workers import available_cores
 
     with ThreadPoolExecutor(max_workers=min(len(paths), available_cores())) as pool:
         return list(pool.map(one, paths))

@@ -18,9 +18,10 @@ from typing import Any
 
 from pipeline.commit import Committer, Tally
 from pipeline.lines import line_reader
+from pipeline.page_workers import configure_main_threads, iter_works
 from pipeline.pieces import piece_scorer
 from pipeline.plan import Plan, WorkItem, plan_files
-from pipeline.recognize import ProbaModel, configure_main_threads, iter_works, recognize
+from pipeline.recognize import ProbaModel, recognize
 from pipeline.settings import RunSettings
 from pipeline.store import OutputStore, new_run_id
 from pipeline.templates import Template, load_templates

@@ -350,7 +350,7 @@ def test_page_workers_inherit_the_prepared_templates(monkeypatch: pytest.MonkeyP
     """Before its workers fork, the loader builds each template's registration reference
     in this process (they inherit it instead of building it at their first page), and a
     template that cannot be prepared does not stop the run there."""
-    from pipeline import recognize, register_code
+    from pipeline import page_workers, recognize, register_code
 
     monkeypatch.setattr(register_code, "_CACHE", {})
     good, bad = load_template("delivery"), load_template("survey")
@@ -363,7 +363,7 @@ def test_page_workers_inherit_the_prepared_templates(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(register_code, "template_ref", flaky)
     item = recognize.PageItem("x.png", "x.png", "0" * 64, 0)
-    recognize._loader([item], [good, bad], SETTINGS, 1)  # workers start only when iterated
+    page_workers._loader([item], [good, bad], SETTINGS, 1)  # workers start only when iterated
     assert list(register_code._CACHE) == [good.model_dump_json()]
 
 
@@ -373,7 +373,7 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
     (issue 7): every page gets the rows it gets when assembled alone, and each group's
     string lines, then its doubted boxed-field lines, are read in one call each."""
     from models.second_opinion import load_reader
-    from pipeline import assemble_pages, recognize
+    from pipeline import assemble_pages, page_workers, recognize
     from pipeline.plan import plan_files
     from pipeline.templates import load_templates
 
@@ -381,7 +381,7 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
     settings = RunSettings.model_validate({"workers": 0, "device": "cpu"})
     templates = load_templates(settings.templates)
     items = [p for w in plan_files([root], settings, {}, []).items for p in w.page_items()]
-    works = list(recognize.iter_works(items, templates, settings))
+    works = list(page_workers.iter_works(items, templates, settings))
     reader = load_reader("default", "auto", device="cpu")
     calls: list[tuple[str, int]] = []
     real = assemble_pages.line_reader
@@ -441,7 +441,7 @@ def test_plan_hashes_in_threads_but_keeps_discovery_order_and_first_duplicate(
         return real(path)
 
     monkeypatch.setattr(plan_mod, "file_sha256", slow_first)
-    monkeypatch.setattr("pipeline.recognize.available_cores", lambda: 4)
+    monkeypatch.setattr("pipeline.page_workers.available_cores", lambda: 4)
     plan = plan_mod.plan_files([tmp_path], RunSettings(), {}, [])
     assert [Path(w.source).name for w in plan.items] == ["a.png", "b.png", "d.png"]
     assert plan.items[2].error is not None and plan.items[2].file_sha256 is None
