@@ -3,7 +3,8 @@ intervals, so a target near the noise of one 200-page set is judged on more than
 
 One seed's 200 pages give ~1,350 accepted fields; at a 0.3 % error rate that is 4 wrong
 fields, and 2 or 7 are just as likely (Poisson): a single seed cannot tell 0.2 % from
-0.4 %. This command synthesizes each seed's pages (kept in ``--work`` and reused), runs the
+0.4 %. This command synthesizes each seed's pages (kept in ``--work`` and reused while the
+synthesis code and templates are unchanged, :func:`synth_fingerprint`), runs the
 pipeline on them with the given reader and threshold, scores every seed, and pools the
 counts, with Wilson score intervals::
 
@@ -14,8 +15,10 @@ counts, with Wilson score intervals::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,26 @@ def pool(per_seed: dict[int, dict[str, int]]) -> dict[str, Any]:
     return out
 
 
+SYNTH_STAMP = ".synth-fingerprint"
+# What a seed's pages depend on besides the seed: the synthesis code and the templates.
+SYNTH_SOURCES = ("synth.py", "synth_values.py", "handwriting.py", "scanner.py", "render.py",
+                 "templates.py", "templates")
+
+
+def synth_fingerprint() -> str:
+    """SHA-256 over the files that make a seed's pages: pages stamped with another value
+    were made by other code and are synthesized again rather than reused."""
+    root = Path(__file__).resolve().parent.parent / "pipeline"
+    h = hashlib.sha256()
+    for name in SYNTH_SOURCES:
+        top = root / name
+        files = sorted(top.rglob("*")) if top.is_dir() else [top]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def run_seed(seed: int, pages: int, work: Path, digits: str, run_args: list[str],
              tag: str) -> dict[str, Any]:
     """Synthesize (unless already there), run and score one seed; its score dict."""
@@ -74,9 +97,17 @@ def run_seed(seed: int, pages: int, work: Path, digits: str, run_args: list[str]
     scans, out = work / f"{digits}-test-{pages}p-seed{seed}", work / f"out-{tag}-seed{seed}"
     synth = ["synth", "--digits", digits, "--split", "test", "--pages", str(pages),
              "--seed", str(seed), "--out", str(scans)]
-    if not (scans / "truth").is_dir() and cli(synth):
-        raise SystemExit(f"synth of seed {seed} failed; is MNIST available "
-                         "(FORMDIGITS_DATA or ../shared/datasets)?")
+    stamp, made_by = scans / SYNTH_STAMP, synth_fingerprint()
+    reuse = (scans / "truth").is_dir() and stamp.is_file() and stamp.read_text() == made_by
+    if not reuse:
+        if scans.exists():  # made by other synthesis code (or cut short): make them again
+            print(f"seed {seed}: pages in {scans} were made by other synthesis code; "
+                  "synthesizing them again")
+            shutil.rmtree(scans)
+        if cli(synth):
+            raise SystemExit(f"synth of seed {seed} failed; is MNIST available "
+                             "(FORMDIGITS_DATA or ../shared/datasets)?")
+        stamp.write_text(made_by)
     if cli(["run", str(scans), "--out", str(out), "--force", *run_args]):
         raise SystemExit(f"run of seed {seed} failed")
     return score_results(out, scans / "truth")

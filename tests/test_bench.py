@@ -264,6 +264,13 @@ def test_seeds_pool_the_counts_of_every_seed_and_reuse_the_pages(tmp_path, capsy
     stamp = {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
     assert main(args) == 0
     assert stamp == {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
+    # Pages made by other synthesis code (another fingerprint) are made again, not reused.
+    (pages / ".synth-fingerprint").write_text("made by older code")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "synthesizing them again" in capsys.readouterr().out
+    assert (pages / ".synth-fingerprint").read_text() != "made by older code"
+    assert stamp != {p: p.stat().st_mtime_ns for p in pages.rglob("*") if p.is_file()}
 
 
 def test_ratio_is_taken_from_the_pair_of_median_ratio():
