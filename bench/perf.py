@@ -145,8 +145,11 @@ def run_reader(device: str = "cpu") -> Any:
 
 
 def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
-                 progress: Any = None, device: str = "cpu") -> dict[str, Any]:
+                 progress: Any = None, device: str = "cpu", **settings: Any) -> dict[str, Any]:
     """``pipeline.run.process`` into a fresh ``out``; summary, stage seconds and CPU time.
+
+    ``settings``: other :class:`~pipeline.settings.RunSettings` fields (default: as
+    ``formdigits run``).
 
     CPU time is split between this process (the CNN, field decisions, Parquet) and its
     page workers. The workers are reaped when their DataLoader ends, so ``RUSAGE_CHILDREN``
@@ -158,10 +161,10 @@ def run_pipeline(inputs: Path, out: Path, workers: int, predictor: Any,
     from pipeline.settings import RunSettings
 
     shutil.rmtree(out, ignore_errors=True)
-    settings = RunSettings(workers=workers, device=device)
+    run_settings = RunSettings(workers=workers, device=device, **settings)
     main0, workers0 = cpu_seconds(), cpu_seconds(children=True)
     t0 = time.perf_counter()
-    summary = process([inputs], out, settings, progress=progress, predictor=predictor)
+    summary = process([inputs], out, run_settings, progress=progress, predictor=predictor)
     wall = time.perf_counter() - t0
     main_s, workers_s = cpu_seconds() - main0, cpu_seconds(children=True) - workers0
     run_json = json.loads((out / "runs" / f"{summary.run_id}.json").read_text())

@@ -286,3 +286,23 @@ def test_ratio_is_taken_from_the_pair_of_median_ratio():
     assert median_pair([(50.0, 10.0)]) == 0
     with pytest.raises(ValueError):
         median_pair([])
+
+
+def test_feature_cost_bench_runs_the_shipped_and_the_bare_reader(pages, tmp_path):
+    """bench.perf_features: paired rounds of the shipped reader and the bare one (primary
+    CNN alone, verifier and line readers off), each run with the settings it claims."""
+    from bench.perf_features import FEATURES_OFF, compare
+
+    pages_dir = pages[0].parent
+    res = compare(pages_dir, 1, tmp_path)
+    assert len(res["rounds"]) == 1
+    for name in ("shipped", "bare"):
+        r = res[name]
+        assert r["pages_per_s"] > 0 and 0 < r["ratio_to_decode"] < 5
+        assert r["main_cpu_ms_per_page"] > 0
+        run = json.loads(next((tmp_path / f"out_{name}" / "runs").glob("*.json")).read_text())
+        assert run["pages"] == 2
+        for key, off in FEATURES_OFF.items():
+            assert (run["settings"][key] == off) == (name == "bare")
+    assert "+" in json.loads(next((tmp_path / "out_shipped" / "runs").glob("*.json"))
+                             .read_text())["model_version"]  # primary+second
