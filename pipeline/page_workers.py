@@ -9,6 +9,7 @@ that kills its worker into an error row.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import multiprocessing
 import multiprocessing.context
@@ -25,9 +26,13 @@ from pipeline.templates import Template
 
 log = logging.getLogger(__name__)
 
+PREFETCH = 4  # pages handed to each worker ahead of the one it is reading
+_HAS_IN_ORDER = "in_order" in inspect.signature(DataLoader.__init__).parameters
 
-class PageDataset(Dataset[PageWork]):
-    """Map-style dataset: item ``i`` is :func:`prepare_page` of ``items[i]``."""
+
+class PageDataset(Dataset[tuple[int, PageWork]]):
+    """Map-style dataset: item ``i`` is ``(i, prepare_page(items[i]))`` (the index lets the
+    main process put pages that arrive out of order back in order, see :func:`iter_works`)."""
 
     def __init__(self, items: Sequence[PageItem], templates: Sequence[Template],
                  settings: RunSettings) -> None:
@@ -40,9 +45,9 @@ class PageDataset(Dataset[PageWork]):
         """Number of pages."""
         return len(self.items)
 
-    def __getitem__(self, index: int) -> PageWork:
+    def __getitem__(self, index: int) -> tuple[int, PageWork]:
         """Prepare one page (runs inside a worker process)."""
-        return prepare_page(self.items[index], self.templates, self.settings)
+        return index, prepare_page(self.items[index], self.templates, self.settings)
 
 
 def _keep(x: Any) -> Any:
@@ -128,7 +133,7 @@ def _warm_before_fork(templates: Sequence[Template]) -> None:
 
 
 def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: RunSettings,
-            workers: int) -> DataLoader[PageWork]:
+            workers: int) -> DataLoader[tuple[int, PageWork]]:
     # Items are numpy crops, not tensors: pinning happens on the stacked CNN batch instead.
     n = min(workers, len(items))
     if n > 0:
@@ -139,12 +144,17 @@ def _loader(items: Sequence[PageItem], templates: Sequence[Template], settings: 
 
         cv2.setNumThreads(0)
         _warm_before_fork(templates)
+    # Pages are handed to whichever worker has room (in_order=False) and come back as they
+    # are done: in strict order, each worker gets every n-th page, and one that drew the
+    # slow pages (PNG, no reduced decoding; a bad scan) held the other idle once it was
+    # PREFETCH pages ahead. iter_works restores the order. (torch < 2.6: strict order.)
+    balance: dict[str, Any] = {"in_order": False} if n > 1 and _HAS_IN_ORDER else {}
     return DataLoader(
         PageDataset(items, templates, settings), batch_size=None, shuffle=False,
         num_workers=n, collate_fn=_keep,
         worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
         multiprocessing_context=_worker_context() if n else None,
-        persistent_workers=False, prefetch_factor=4 if n else None,
+        persistent_workers=False, prefetch_factor=PREFETCH if n else None, **balance,
     )
 
 
@@ -163,7 +173,7 @@ def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
     """
     if settings.workers == 0:
         dataset = PageDataset(items, templates, settings)
-        yield from (dataset[i] for i in range(len(dataset)))
+        yield from (dataset[i][1] for i in range(len(dataset)))
         return
     start, suspect = 0, False
     while start < len(items):
@@ -171,10 +181,14 @@ def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
             yield _isolated(items[start], templates, settings)
             start, suspect = start + 1, False
             continue
+        base = start
+        done: dict[int, PageWork] = {}  # arrived ahead of their turn (at most PREFETCH * n)
         try:
-            for work in _loader(items[start:], templates, settings, settings.workers):
-                start += 1
-                yield work
+            for i, work in _loader(items[base:], templates, settings, settings.workers):
+                done[base + i] = work
+                while start in done:
+                    yield done.pop(start)
+                    start += 1
         except RuntimeError as exc:
             if not _worker_died(exc):
                 raise
@@ -185,7 +199,7 @@ def iter_works(items: Sequence[PageItem], templates: Sequence[Template],
 
 def _isolated(item: PageItem, templates: Sequence[Template], settings: RunSettings) -> PageWork:
     try:
-        return next(iter(_loader([item], templates, settings, 1)))
+        return next(iter(_loader([item], templates, settings, 1)))[1]
     except RuntimeError as exc:
         if not _worker_died(exc):
             raise

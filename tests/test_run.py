@@ -446,3 +446,31 @@ def test_plan_hashes_in_threads_but_keeps_discovery_order_and_first_duplicate(
     assert [Path(w.source).name for w in plan.items] == ["a.png", "b.png", "d.png"]
     assert plan.items[2].error is not None and plan.items[2].file_sha256 is None
     assert sorted(Path(s).name for s in plan.skipped) == ["c.png", "e.png"]
+
+
+def test_page_workers_share_the_pages_by_load_and_yield_them_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stuck on a slow page does not hold the other back: pages go to whichever
+    worker has room, and iter_works still yields them in input order."""
+    import time
+
+    from pipeline import page_workers
+    from pipeline.recognize import PageItem, PageWork
+    from pipeline.settings import RunSettings
+
+    def fake_prepare(item: PageItem, templates: object, settings: object) -> PageWork:
+        time.sleep(1.0 if item.page == 0 else 0.02)  # page 0 is a very slow scan
+        return PageWork(item, "read", timings={"pid": float(os.getpid())})
+
+    monkeypatch.setattr(page_workers, "prepare_page", fake_prepare)
+    items = [PageItem("f.pdf", "f.pdf", "0" * 64, i) for i in range(12)]
+    works = list(page_workers.iter_works(items, [], RunSettings(workers=2)))
+    assert [w.item.page for w in works] == list(range(12))
+    per_worker = {}
+    for w in works:
+        per_worker[w.timings["pid"]] = per_worker.get(w.timings["pid"], 0) + 1
+    # The slow page's worker keeps only the pages handed to it up front (PREFETCH); the
+    # free one takes all the rest (in strict order each would get every other page: 6/6).
+    if page_workers._HAS_IN_ORDER:  # torch >= 2.6
+        p = page_workers.PREFETCH
+        assert sorted(per_worker.values()) == [p, 12 - p]
