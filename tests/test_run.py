@@ -466,7 +466,7 @@ def test_page_workers_share_the_pages_by_load_and_yield_them_in_order(
     items = [PageItem("f.pdf", "f.pdf", "0" * 64, i) for i in range(12)]
     works = list(page_workers.iter_works(items, [], RunSettings(workers=2)))
     assert [w.item.page for w in works] == list(range(12))
-    per_worker = {}
+    per_worker: dict[float, int] = {}
     for w in works:
         per_worker[w.timings["pid"]] = per_worker.get(w.timings["pid"], 0) + 1
     # The slow page's worker keeps only the pages handed to it up front (PREFETCH); the
