@@ -463,14 +463,14 @@ def test_page_workers_share_the_pages_by_load_and_yield_them_in_order(
         return PageWork(item, "read", timings={"pid": float(os.getpid())})
 
     monkeypatch.setattr(page_workers, "prepare_page", fake_prepare)
-    items = [PageItem("f.pdf", "f.pdf", "0" * 64, i) for i in range(12)]
+    n = 4 * page_workers.PREFETCH
+    items = [PageItem("f.pdf", "f.pdf", "0" * 64, i) for i in range(n)]
     works = list(page_workers.iter_works(items, [], RunSettings(workers=2)))
-    assert [w.item.page for w in works] == list(range(12))
+    assert [w.item.page for w in works] == list(range(n))
     per_worker: dict[float, int] = {}
     for w in works:
         per_worker[w.timings["pid"]] = per_worker.get(w.timings["pid"], 0) + 1
     # The slow page's worker keeps only the pages handed to it up front (PREFETCH); the
-    # free one takes all the rest (in strict order each would get every other page: 6/6).
+    # free one takes all the rest (in strict order each would get every other page).
     if page_workers._HAS_IN_ORDER:  # torch >= 2.6
-        p = page_workers.PREFETCH
-        assert sorted(per_worker.values()) == [p, 12 - p]
+        assert sorted(per_worker.values()) == [page_workers.PREFETCH, n - page_workers.PREFETCH]
