@@ -418,10 +418,10 @@ def test_pages_assembled_together_read_their_lines_in_one_batch(
         assert len(lines) <= n_groups < len([n for a, n in alone_calls if a == arch]), arch
 
 
-def test_plan_hashes_in_threads_but_keeps_discovery_order_and_first_duplicate(
+def test_plan_keeps_discovery_order_skips_later_duplicates_and_reports_unreadable_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Files are hashed on several threads; the plan still lists them in discovery order,
-    skips the later copy of a duplicate, and turns an unreadable file into its error."""
+    """The plan lists files in discovery order, skips the later copy of a duplicate, and
+    turns an unreadable file into its error."""
     import pipeline.plan as plan_mod
     from pipeline.errors import InputError
     from pipeline.settings import RunSettings
@@ -432,16 +432,12 @@ def test_plan_hashes_in_threads_but_keeps_discovery_order_and_first_duplicate(
         (tmp_path / name).write_bytes(s.read_bytes())
     real = plan_mod.file_sha256
 
-    def slow_first(path: Path) -> str:
-        if path.name == "a.png":  # finishes last: order must not follow completion
-            import time
-            time.sleep(0.2)
+    def unreadable_d(path: Path) -> str:
         if path.name == "d.png":
             raise InputError(f"{path}: cannot read file: denied")
         return real(path)
 
-    monkeypatch.setattr(plan_mod, "file_sha256", slow_first)
-    monkeypatch.setattr("pipeline.page_workers.available_cores", lambda: 4)
+    monkeypatch.setattr(plan_mod, "file_sha256", unreadable_d)
     plan = plan_mod.plan_files([tmp_path], RunSettings(), {}, [])
     assert [Path(w.source).name for w in plan.items] == ["a.png", "b.png", "d.png"]
     assert plan.items[2].error is not None and plan.items[2].file_sha256 is None
