@@ -23,7 +23,7 @@ from pipeline.pieces import piece_scorer
 from pipeline.plan import Plan, WorkItem, plan_files
 from pipeline.recognize import ProbaModel, recognize
 from pipeline.settings import RunSettings
-from pipeline.store import OutputStore, new_run_id
+from pipeline.store import OutputStore, keep_pandas_out, new_run_id
 from pipeline.templates import Template, load_templates
 
 ProgressFn = Callable[[int], None]  # called with the number of pages just finished
@@ -78,6 +78,7 @@ def begin(out_dir: Path, settings: RunSettings, predictor: ProbaModel | None = N
     line_reader(settings.string_model)
     line_reader(settings.box_model, "boxnet")
     configure_main_threads(settings.workers)
+    keep_pandas_out()  # ~42 MB less RSS in the run process (pipeline.store.keep_pandas_out)
     store = OutputStore(Path(out_dir), new_run_id())
     try:
         store.write_settings(settings)

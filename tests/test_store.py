@@ -210,3 +210,32 @@ def test_resuming_a_run_does_not_import_pandas(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=False, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_a_run_leaves_pandas_out_of_its_process(tmp_path: Path) -> None:
+    """A run writes its tables without pyarrow importing pandas (~42 MB of RSS in the run
+    process); afterwards pandas still works with pyarrow both ways. In a fresh interpreter:
+    this test process has pandas already."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from pathlib import Path
+from pipeline.run import process
+from pipeline.settings import RunSettings
+from pipeline.store import read_table
+scans = sorted(Path("sample_scans").glob("*.png"))[:2]
+summary = process(scans, Path({str(tmp_path / "out")!r}), RunSettings(workers=0))
+assert summary.pages == 2, summary
+assert "pandas" not in sys.modules, "the run imported pandas"
+fields = read_table({str(tmp_path / "out")!r}, "fields")
+import pandas as pd, pyarrow as pa
+assert len(fields) > 0 and "pandas" in sys.modules
+t = pa.Table.from_pandas(pd.DataFrame({{"x": [1, 2], "y": ["a", None]}}))
+assert t.num_rows == 2 and t.column("y").null_count == 1
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
