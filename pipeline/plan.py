@@ -68,11 +68,12 @@ def plan_files(
     items: list[WorkItem] = []
     skipped: list[str] = []
     seen: set[str] = set()
-    paths = list(discover(inputs, exclude=exclude))
-    for path, sha in zip(paths, _hashes(paths), strict=True):
+    for path in discover(inputs, exclude=exclude):
         source = str(path)
-        if isinstance(sha, FormdigitsError):
-            items.append(WorkItem(path, source, None, 0, error_info(sha)))
+        try:
+            sha = file_sha256(path)
+        except FormdigitsError as exc:
+            items.append(WorkItem(path, source, None, 0, error_info(exc)))
             continue
         done = committed.get(sha)
         if sha in seen or (done is not None and not done.file_error and not settings.force):
@@ -81,22 +82,6 @@ def plan_files(
         seen.add(sha)
         items.append(_count(path, source, sha, settings))
     return Plan(tuple(items), tuple(skipped))
-
-
-def _hashes(paths: Sequence[Path]) -> list[str | FormdigitsError]:
-    """Each file's SHA-256 (or why it cannot be read), in order.
-
-    One after the other on purpose: hashing on a thread per core halved planning (42 → 22
-    ms for 64 pages) but left the main process ~7 MB larger (threads' malloc arenas), which
-    the page workers forked after planning carry too: ~20 MB of the 1.5 GB RSS budget.
-    """
-    out: list[str | FormdigitsError] = []
-    for path in paths:
-        try:
-            out.append(file_sha256(path))
-        except FormdigitsError as exc:
-            out.append(exc)
-    return out
 
 
 def _count(path: Path, source: str, sha: str, settings: RunSettings) -> WorkItem:
