@@ -130,6 +130,11 @@ def _absorb_fragments(
     return groups
 
 
+def _half(width: int, k: int) -> int:
+    """How far (px) each cut between ``k`` pieces of a ``width``-wide group may move."""
+    return max(1, int(0.22 * width / k))
+
+
 def _cuts(proj: np.ndarray, k: int, shift: float = 0.0) -> list[int]:
     """Cut columns for ``k`` pieces: least ink near the even-split positions.
 
@@ -137,41 +142,35 @@ def _cuts(proj: np.ndarray, k: int, shift: float = 0.0) -> list[int]:
     string differ in width: a 1 beside a 0).
     """
     w = len(proj)
-    half = max(1, int(0.22 * w / k))
-    return [least_ink_column(proj, (i + shift) * w / k, half, pull=0.15) for i in range(1, k)]
+    return [least_ink_column(proj, (i + shift) * w / k, _half(w, k), pull=0.15)
+            for i in range(1, k)]
 
 
-def _paths(m: np.ndarray, proj: np.ndarray, kmax: int) -> dict[tuple[int, int], np.ndarray]:
-    """Every ink-avoiding path :func:`_variants` asks for, up to ``kmax`` pieces, by
-    ``(column, half)``: computed together (:func:`pipeline.segment_cuts.path_cuts`)."""
-    wanted = list(dict.fromkeys(
-        (c, max(1, int(0.22 * m.shape[1] / k)))
-        for k in range(2, kmax + 1) for shift in CUT_SHIFTS for c in _cuts(proj, k, shift)
-    ))
-    return dict(zip(wanted, path_cuts(m, wanted), strict=True))
-
-
-def _variants(m: np.ndarray, proj: np.ndarray, k: int,
-              paths: dict[tuple[int, int], np.ndarray]) -> list[tuple[int, list[np.ndarray]]]:
-    """Cut hypotheses for ``k`` pieces of one group: ``(split id, per-cut x of each row)``.
+def _variants(m: np.ndarray, proj: np.ndarray, kmax: int
+              ) -> dict[int, list[tuple[int, list[np.ndarray]]]]:
+    """Cut hypotheses for 1 … ``kmax`` pieces of one group: per ``k``, a list of
+    ``(split id, per-cut x of each row)``.
 
     Split ``k`` is the straight cut at the least-ink columns; ids ``k + PATH_SPLIT * j``
-    are variants: the cuts shifted left/right, and each as an ink-avoiding path (from
-    ``paths``, see :func:`_paths`). The model picks among them (same piece count: the
-    most probable reading).
+    are variants: the cuts shifted left/right, and each as an ink-avoiding path. The
+    model picks among them (same piece count: the most probable reading). Every path
+    of every ``k`` is computed in one call (:func:`pipeline.segment_cuts.path_cuts`).
     """
-    h = m.shape[0]
-    if k == 1:
-        return [(k, [])]
-    half = max(1, int(0.22 * m.shape[1] / k))
-    out: list[tuple[int, list[np.ndarray]]] = []
-    seen: list[list[np.ndarray]] = []
-    for shift in CUT_SHIFTS:
-        cuts = _cuts(proj, k, shift)
-        for edges in ([np.full((h, 1), c) for c in cuts],
-                      [paths[(c, half)][:, None] for c in cuts]):
-            if new_cut(edges, seen):
-                out.append((k + PATH_SPLIT * len(out), edges))
+    h, w = m.shape
+    cuts = {(k, shift): _cuts(proj, k, shift)
+            for k in range(2, kmax + 1) for shift in CUT_SHIFTS}
+    wanted = list(dict.fromkeys((c, _half(w, k)) for (k, _), cs in cuts.items() for c in cs))
+    paths = dict(zip(wanted, path_cuts(m, wanted), strict=True))
+    out: dict[int, list[tuple[int, list[np.ndarray]]]] = {1: [(1, [])]}
+    for k in range(2, kmax + 1):
+        out[k] = []
+        seen: list[list[np.ndarray]] = []
+        for shift in CUT_SHIFTS:
+            cs = cuts[(k, shift)]
+            for edges in ([np.full((h, 1), c) for c in cs],
+                          [paths[(c, _half(w, k))][:, None] for c in cs]):
+                if new_cut(edges, seen):
+                    out[k].append((k + PATH_SPLIT * len(out[k]), edges))
     return out
 
 
@@ -223,10 +222,8 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
         likely = min(kmax, _likely_pieces(m, ratio, hd))
         proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
         cols = np.arange(m.shape[1])[None, :] - sx0
-        paths = _paths(m[:, sx0:sx1], proj, kmax)
-        for k in range(1, kmax + 1):
+        for k, variants in _variants(m[:, sx0:sx1], proj, kmax).items():
             flags = ("touching", "likely") if k == likely else ("touching",)
-            variants = _variants(m[:, sx0:sx1], proj, k, paths)
             for split, edges in variants:
                 lims = [np.zeros((m.shape[0], 1), np.int64), *edges,
                         np.full((m.shape[0], 1), sx1 - sx0)]
