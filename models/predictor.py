@@ -18,6 +18,11 @@ from models.contract import Contract
 from models.weights import load_model, resolve_weights
 from pipeline.errors import UsageError
 
+# On CPU a batch is run in pieces of at most this many crops: their feature maps stay in
+# the core's cache, ~4 % more digits per CPU second than 256 at once on 1 or 2 threads
+# (this 2-core EPYC, torch 2.14), with the same logits bit for bit.
+CPU_CHUNK = 128
+
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
@@ -83,8 +88,10 @@ class Predictor:
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw (uncalibrated) logits for uint8 crops ``(N, 28, 28)``, in batches."""
         outs = []
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start : start + self.batch_size]
+        step = self.batch_size if self.device.type == "cuda" else min(self.batch_size,
+                                                                      CPU_CHUNK)
+        for start in range(0, len(pixels), step):
+            chunk = pixels[start : start + step]
             n = len(chunk)
             if self.device.type == "cuda" and n < self.batch_size:
                 # One shape on the GPU: cuDNN and cuBLAS choose kernels by shape, and

