@@ -290,6 +290,16 @@ def test_cli_run_strict_exit_code_and_read_rejects_bad_kind(
     assert main(["read", str(scans / "a.png"), "--kind", "boxes:x"]) == 2
 
 
+def test_crop_png_is_lossless() -> None:
+    """The digits table's crops decode to exactly the pixels the CNN read."""
+    from pipeline.assemble import crop_png
+
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    data = crop_png(pixels)
+    assert data.startswith(b"\x89PNG") and np.array_equal(np.asarray(Image.open(io.BytesIO(data))),
+                                                          pixels)
+
+
 def test_choose_crops_prefers_the_confident_split() -> None:
     key = PageKey("s", "h", 0)
     crops = [
