@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.order_stats import percentile
 from pipeline.templates import WORK_DPI, Template
 
 DET_DPI = 75.0  # detection copy (marks, features): marks are ~24 px wide here
@@ -217,7 +218,7 @@ class TemplateRef:
         # Every strip has filled cells (the start bar), so its darkest cell is the ink
         # level; the marks are not used because one may be off the page.
         dark = float(cells.min())
-        paper = float(np.percentile(_sample(img, h, self.ring_px), 75))
+        paper = percentile(_sample(img, h, self.ring_px), 75.0)
         if paper - dark < 60.0:
             return None
         return cells < (paper + dark) / 2.0

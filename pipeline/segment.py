@@ -34,6 +34,7 @@ from pipeline.normalize import (
     normalize_line,
     normalize_piece,
 )
+from pipeline.order_stats import percentile, ranks
 from pipeline.records import FieldCrop, FieldLine, RegisteredPage
 from pipeline.templates import FormField, Template
 
@@ -148,7 +149,7 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     # Threshold relative to the field's own strongest ink away from the walls: faint pens
     # get a low threshold, dark ones a higher one that noise cannot reach.
     inside_vals = ink[inner > 0]
-    peak = _percentile(inside_vals, 99.7) if inside_vals.size else 0.0
+    peak = percentile(inside_vals, 99.7) if inside_vals.size else 0.0
     # Hysteresis: strokes must reach the high level somewhere, and then keep their faint
     # thin parts down to the low level (thin pens lose contrast when scanned small).
     low = max(MIN_INK, min(60.0, 0.15 * peak))
@@ -204,30 +205,6 @@ def field_ink(image: np.ndarray, t: Template, f: FormField) -> FieldInk:
     return FieldInk((x0, y0), ink, binary, labels, stats, walls, boxes)
 
 
-def _ranks(values: np.ndarray, q: float, axis: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The two order statistics around the ``q``-th percentile along ``axis`` and the
-    fraction between them (np.percentile's linear interpolation): np.percentile's general
-    machinery costs several times more. One long array is partitioned around those two
-    ranks only; many short rows (wall profiles) are sorted whole, since numpy's vectorized
-    sort of short rows costs half of partitioning them row by row."""
-    n = values.shape[axis]
-    pos = q / 100.0 * (n - 1)
-    k = int(pos)
-    k1 = min(k + 1, n - 1)
-    if values.ndim > 1:
-        part = np.sort(values, axis=axis)
-    else:
-        part = np.partition(values, [k, k1] if k1 != k else [k])
-    return np.take(part, k, axis=axis), np.take(part, k1, axis=axis), pos - k
-
-
-def _percentile(values: np.ndarray, q: float) -> float:
-    """``np.percentile(values, q)``, the same value (interpolated in the values' dtype, as
-    numpy does), via :func:`_ranks`: it was 1.4 ms of a page's segmentation."""
-    lo, hi, frac = _ranks(values.ravel(), q, 0)
-    return float(lo + (hi - lo) * frac)
-
-
 def _grow_faint(binary: np.ndarray, ink: np.ndarray, low: float, bands: np.ndarray) -> np.ndarray:
     """Add faint stroke parts (a thin loop of a 9, the pale top of a 0) next to strokes.
 
@@ -256,11 +233,11 @@ def _wall_profile(ink: np.ndarray, axis: int) -> np.ndarray:
 
     Strokes only add ink, so the 30th percentile along the wall is the printed wall
     even where a stroke runs along it for most of its length. (``np.percentile``'s
-    linear interpolation, from :func:`_ranks`.)
+    linear interpolation, from :func:`pipeline.order_stats.ranks`.)
     """
     if not ink.size:
         return ink
-    lo, hi, frac = _ranks(ink, 30.0, axis)
+    lo, hi, frac = ranks(ink, 30.0, axis)
     a, b = lo.astype(np.float64), hi.astype(np.float64)
     return (a + (b - a) * frac).astype(np.float32)
 

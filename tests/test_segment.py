@@ -374,3 +374,20 @@ def test_component_labels_are_16_bit_only_where_they_cannot_overflow(
         assert np.array_equal(fi.labels, labels32) and np.array_equal(fi.stats, stats32)
         assert fi.stats.shape[0] > 1  # the digits are there
     assert sum(not p.empty for p in field_pieces(img, t_big, big)) >= 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_order_stats_give_numpys_percentiles(dtype: type) -> None:
+    """pipeline.order_stats replaces np.percentile in the page workers: same values, for
+    single values and along an axis, at the quantiles the pipeline asks for and the ends."""
+    from pipeline.order_stats import percentile, ranks
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 5, 37, 1000):
+        values = (rng.random(n) * 255).astype(dtype)
+        for q in (0.0, 30.0, 75.0, 99.7, 100.0):
+            assert percentile(values, q) == float(np.percentile(values, q))
+    rows = (rng.random((6, 9)) * 255).astype(dtype)
+    lo, hi, frac = ranks(rows, 30.0, 1)
+    np.testing.assert_allclose(lo + (hi - lo) * frac, np.percentile(rows, 30.0, axis=1),
+                               rtol=1e-6)
