@@ -384,10 +384,10 @@ def test_order_stats_give_numpys_percentiles(dtype: type) -> None:
 
     rng = np.random.default_rng(7)
     for n in (1, 2, 5, 37, 1000):
-        values = (rng.random(n) * 255).astype(dtype)
+        values: np.ndarray = (rng.random(n) * 255).astype(dtype)
         for q in (0.0, 30.0, 75.0, 99.7, 100.0):
             assert percentile(values, q) == float(np.percentile(values, q))
-    rows = (rng.random((6, 9)) * 255).astype(dtype)
+    rows: np.ndarray = (rng.random((6, 9)) * 255).astype(dtype)
     lo, hi, frac = ranks(rows, 30.0, 1)
     np.testing.assert_allclose(lo + (hi - lo) * frac, np.percentile(rows, 30.0, axis=1),
                                rtol=1e-6)
