@@ -28,7 +28,7 @@ import torch
 from pipeline.assemble_pages import PageOutcome, assemble_pages
 from pipeline.errors import FormdigitsError, RegistrationError
 from pipeline.pieces import piece_scorer, score_pieces
-from pipeline.records import FieldCrop, FieldLine, RegisteredPage
+from pipeline.records import FieldCrop, FieldLine, RegisteredPage, pickled_by_fields
 from pipeline.settings import RunSettings
 from pipeline.templates import Template
 
@@ -51,6 +51,7 @@ class ProbaModel(Protocol):
         ...
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PageItem:
     """One page to read: the file, its identity, and the page index."""
@@ -61,6 +62,7 @@ class PageItem:
     page: int
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """Why a page could not be read (becomes an ``errors`` row)."""
@@ -70,6 +72,7 @@ class ErrorInfo:
     hint: str
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PageWork:
     """What a worker sends back for one page (picklable, a few KiB)."""

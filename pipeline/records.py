@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +28,30 @@ def _names(cls: type) -> tuple[str, ...]:
     return names
 
 
+_R = TypeVar("_R", bound=type)
+
+
+def pickled_by_fields(cls: _R) -> _R:
+    """Class decorator for the frozen, slotted records the page workers send: they pickle
+    as ``cls(*field values)``.
+
+    Python's own state functions for frozen slotted dataclasses ask ``dataclasses.fields``
+    on every object, both ways; a page is ~70 records, and that was half of the time spent
+    sending it from a worker to the run process (0.85 → 0.58 ms of CPU per page, pickled
+    and unpickled). For final classes only: a subclass would be rebuilt as ``cls``.
+    """
+    values: Callable[[Any], Any] = operator.attrgetter(*_names(cls))
+    if len(_names(cls)) == 1:  # (attrgetter of one name gives the value, not a tuple)
+        one = values
+        values = lambda obj: (one(obj),)  # noqa: E731
+
+    def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign,assignment]
+    return cls
+
+
 def _row(record: Any) -> dict[str, Any]:
     """A flat record as a Parquet row: its fields by name, tuples as lists.
 
@@ -36,6 +62,7 @@ def _row(record: Any) -> dict[str, Any]:
             for name in _names(type(record))}
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PageKey:
     """Identifies one page of one input file."""
@@ -67,6 +94,7 @@ class RegisteredPage:
     method: str  # "marks" or "features"
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class FieldCrop:
     """One digit position of one field, normalized to the model contract."""
@@ -94,6 +122,7 @@ class FieldCrop:
     piece: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class FieldLine:
     """A whole string field for the string reader (``models/stringnet``), and its reading.

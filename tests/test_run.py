@@ -510,3 +510,30 @@ def test_page_workers_share_the_pages_by_load_and_yield_them_in_order(
     # free one takes all the rest (in strict order each would get every other page).
     if page_workers._HAS_IN_ORDER:  # torch >= 2.6
         assert sorted(per_worker.values()) == [page_workers.PREFETCH, n - page_workers.PREFETCH]
+
+
+def test_page_work_survives_the_trip_from_a_worker() -> None:
+    """PageWork and the records in it pickle as their fields (pipeline.records.
+    pickled_by_fields): everything arrives, the pixels bit for bit, objects shared before
+    are shared after, and copies still work."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from pipeline.recognize import ErrorInfo, PageItem, PageWork
+
+    key = PageKey("scans/a.png", "ab" * 32, 0)
+    crops = (dataclasses.replace(_crop(key, "zip_code", "boxes", 0, 7), flags=("faint",),
+                                 piece=np.full((28, 28), 9, np.uint8)),
+             _crop(key, "zip_code", "boxes", 1, 3))
+    line = FieldLine("amount", (np.arange(32 * 160).reshape(32, 160) % 251).astype(np.uint8))
+    work = PageWork(PageItem("scans/a.png", "a.png", "ab" * 32, 0), "read", "delivery", 0.93,
+                    90, "marks", crops, (line,), ErrorInfo("x", "y", "z"), {"decode": 0.01})
+    for back in (pickle.loads(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)),
+                 copy.deepcopy(work)):
+        assert repr(back) == repr(work) and type(back.crops[0]) is FieldCrop
+        for a, b in zip(back.crops, crops, strict=True):
+            assert np.array_equal(a.pixels, b.pixels)
+        assert np.array_equal(back.crops[0].piece, crops[0].piece)  # type: ignore[arg-type]
+        assert np.array_equal(back.lines[0].pixels, line.pixels) and back.timings == work.timings
+        assert back.crops[0].key is back.crops[1].key  # one PageKey, as in the worker
