@@ -38,6 +38,7 @@ from pipeline.register_code import (
     Region,
     TemplateRef,
     code_match,
+    code_score,
     orientation_of,
     refine_ecc,
     shrink,
@@ -253,16 +254,28 @@ def _poses_from_marks(
         np.float64,
     )
     poses: list[_Pose] = []
+    # Forms printed from one layout share their marks and code strip cells: the pose of
+    # each rotation, its fit, and the bits read through it are the same for all of them,
+    # so they are computed once per layout (only the expected bits differ).
+    fits: dict[tuple[bytes, int], tuple[np.ndarray, float]] = {}
+    reads: dict[tuple[bytes, int, object], np.ndarray | None] = {}
     for ref in refs:
+        layout = ref.marks_px.tobytes()
         for k in range(4):
-            dst = np.roll(pts, -k, axis=0)
-            h = cv2.getPerspectiveTransform(ref.marks_px.astype(np.float32), dst.astype(np.float32))
-            rms = similarity_rms(ref.marks_px, dst)
+            if (layout, k) not in fits:
+                dst = np.roll(pts, -k, axis=0)
+                fits[layout, k] = (cv2.getPerspectiveTransform(ref.marks_px.astype(np.float32),
+                                                               dst.astype(np.float32)),
+                                   similarity_rms(ref.marks_px, dst))
+            h, rms = fits[layout, k]
             diag = float(np.hypot(*ref.size_px)) * base_dpi / WORK_DPI
             geom = max(0.0, 1.0 - rms / (0.03 * diag)) * (1.0 if n_found == 4 else 0.9)
             if geom <= 0.0:
                 continue
-            code, ok = code_match(base, h, ref)
+            strip = (layout, k, ref.strip_key)
+            if strip not in reads:
+                reads[strip] = ref.read_code(base, h)
+            code, ok = code_score(reads[strip], ref)
             if ok and n_found == 3:
                 # Three marks fix only an affine pose; ECC recovers the perspective.
                 h = refine_ecc(base, h, ref, base_dpi)

@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -146,18 +147,26 @@ def _sample(img: np.ndarray, h: np.ndarray, rects: Sequence[tuple[float, ...]]) 
     """Mean gray of the inner half of each template-px rect, seen through ``h``."""
     if not rects:
         return np.zeros(0, np.float32)
-    r = np.asarray(rects, np.float64)
-    gx, gy = np.meshgrid(_GRID, _GRID)
-    xs = r[:, 0:1] + r[:, 2:3] * gx.ravel()[None, :]
-    ys = r[:, 1:2] + r[:, 3:4] * gy.ravel()[None, :]
-    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)[None].astype(np.float64)
-    q = cv2.perspectiveTransform(pts, h)[0]
+    q = cv2.perspectiveTransform(_sample_points(tuple(map(tuple, rects))), h)[0]
     hh, ww = img.shape
     xi = np.clip(np.rint(q[:, 0]), 0, ww - 1).astype(np.intp)
     yi = np.clip(np.rint(q[:, 1]), 0, hh - 1).astype(np.intp)
     inside = (q[:, 0] >= 0) & (q[:, 0] < ww) & (q[:, 1] >= 0) & (q[:, 1] < hh)
     vals = np.where(inside, img[yi, xi].astype(np.float32), 255.0)
-    return vals.reshape(len(r), -1).mean(axis=1)
+    return vals.reshape(len(rects), -1).mean(axis=1)
+
+
+@lru_cache(maxsize=64)
+def _sample_points(rects: tuple[tuple[float, ...], ...]) -> np.ndarray:
+    """The template-px points :func:`_sample` reads in ``rects``, ``(1, N, 2)`` (a template's
+    strip is read several times a page, always at the same points)."""
+    r = np.asarray(rects, np.float64)
+    gx, gy = np.meshgrid(_GRID, _GRID)
+    xs = r[:, 0:1] + r[:, 2:3] * gx.ravel()[None, :]
+    ys = r[:, 1:2] + r[:, 3:4] * gy.ravel()[None, :]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1)[None].astype(np.float64)
+    pts.flags.writeable = False  # shared by every call
+    return pts
 
 
 def _ring(cells: Sequence[tuple[float, float, float, float]]) -> list[tuple[float, ...]]:
@@ -194,6 +203,12 @@ class TemplateRef:
     blank: np.ndarray = field(repr=False)
     _features: tuple[Any, Any, np.ndarray] | None = None
     _ecc: np.ndarray | None = None
+
+    @property
+    def strip_key(self) -> tuple[tuple[tuple[float, ...], ...], ...]:
+        """Where the code strip is read (its cells and paper ring): templates with equal
+        keys read the same bits through the same pose."""
+        return tuple(map(tuple, self.cells_px)), tuple(map(tuple, self.ring_px))
 
     def features(self) -> tuple[Any, Any, np.ndarray]:
         """ORB keypoints/descriptors of the blank at DET_DPI, and template px -> those px."""
@@ -283,7 +298,11 @@ def code_match(img: np.ndarray, h: np.ndarray, ref: TemplateRef) -> tuple[float,
     a stained cell must send the page to a person rather than to the wrong template (the
     printed structure cannot tell forms apart: marks and strip dominate it).
     """
-    bits = ref.read_code(img, h)
+    return code_score(ref.read_code(img, h), ref)
+
+
+def code_score(bits: np.ndarray | None, ref: TemplateRef) -> tuple[float, bool]:
+    """:func:`code_match` of code bits already read (None: the strip was unreadable)."""
     n = len(ref.code_bits)
     if bits is None or n == 0:
         return 0.0, False

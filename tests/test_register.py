@@ -9,6 +9,7 @@ import pytest
 from pipeline.errors import RegistrationError
 from pipeline.records import Page, PageKey
 from pipeline.register import register_page
+from pipeline.register_code import template_ref
 from pipeline.render import render_blank
 from pipeline.segment import read_regions
 from pipeline.templates import WORK_DPI, Template, load_template
@@ -171,6 +172,32 @@ def test_page_of_random_boxes_is_refused(templates: list[Template]) -> None:
         cv2.rectangle(img, (x, y), (x + 63, y + 63), 0, -1)
     with pytest.raises(RegistrationError):
         register_page(Page(KEY, img, 200.0), templates)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_templates_of_one_layout_read_the_strip_once_per_pose(
+    templates: list[Template], order: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped forms share marks and strip cells: each candidate pose reads the strip
+    once for both, and each form still gets its own verdict (whichever is tried first)."""
+    from pipeline.register_code import TemplateRef
+
+    a, b = (templates[i] for i in order)
+    assert np.array_equal(template_ref(a).marks_px, template_ref(b).marks_px)
+    reads: list[bytes] = []
+    real = TemplateRef.read_code
+
+    def read_code(self: TemplateRef, img: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+        reads.append(h.tobytes())
+        return real(self, img, h)
+
+    monkeypatch.setattr(TemplateRef, "read_code", read_code)
+    for t in (a, b):
+        reads.clear()
+        img, _ = scan(t, dpi=150, angle=1.0, scale=1.0, shift=(0, 0), persp=0.0, turn=0)
+        reg = register_page(Page(KEY, img, None), [a, b])
+        assert reg.template_id == t.id and reg.method == "marks"
+        assert reads and len(reads) == len(set(reads))  # no pose read twice (once per form)
 
 
 def test_registration_only_considers_given_templates(templates: list[Template]) -> None:
