@@ -198,7 +198,9 @@ def _refine_centre(base: np.ndarray, x: float, y: float, mark_px: float) -> tupl
     if win.size == 0:
         return x, y
     _, bw = cv2.threshold(win, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
-    n, labels, stats, cents = cv2.connectedComponentsWithStats(bw, connectivity=8)
+    # (16-bit labels where they fit: cv2's statistics pass is several times cheaper)
+    ltype = cv2.CV_16U if win.size < 65535 else cv2.CV_32S
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(bw, connectivity=8, ltype=ltype)
     if n <= 1:
         return x, y
     # The component containing (or nearest to) the coarse centre is the mark.
@@ -219,7 +221,9 @@ def _refine_centre(base: np.ndarray, x: float, y: float, mark_px: float) -> tupl
     tot = float(wgt.sum())
     if tot <= 0:
         return x, y
-    ys, xs = np.mgrid[0 : win.shape[0], 0 : win.shape[1]]
+    # Coordinates broadcast, not laid out as two full grids: the same products, summed in
+    # the same order.
+    xs, ys = np.arange(win.shape[1])[None, :], np.arange(win.shape[0])[:, None]
     return x0 + float((wgt * xs).sum()) / tot, y0 + float((wgt * ys).sum()) / tot
 
 
