@@ -202,36 +202,41 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
     masks = [np.isin(fi.labels, g).astype(np.uint8) for g in groups]
     heights = []
     spans = []
+    windows = []  # (x0, y0, x1, y1) of each group's ink: its pieces are cut there only
     for m in masks:
-        ys, xs = np.nonzero(m)
-        heights.append(int(ys.max() - ys.min() + 1))
-        spans.append((int(xs.min()), int(xs.max()) + 1))
+        x, y, w, h = cv2.boundingRect(m)
+        heights.append(h)
+        spans.append((x, x + w))
+        windows.append((x, y, x + w, y + h))
     hd = float(np.median(heights))
     # A group as tall as the tallest is a full digit; use the taller half as digit height.
     hd = float(np.median([h for h in heights if h >= hd])) if heights else 1.0
     pieces: list[Piece] = []
     pos = 0
-    for gi, (m, (sx0, sx1)) in enumerate(zip(masks, spans, strict=True)):
+    for gi, (m, (sx0, sx1), win) in enumerate(zip(masks, spans, windows, strict=True)):
         ratio = (sx1 - sx0) / max(hd, 1.0)
         if ratio < SINGLE_MAX_RATIO:
-            ink, bbox = piece_ink(fi, m)
+            ink, bbox = piece_ink(fi, m, win)
             pieces.append(Piece(pos, bbox, ink, group=gi, split=0))
             pos += 1
             continue
         kmax = 2 if ratio <= 1.45 else 3 if ratio <= 2.0 else 4
         likely = min(kmax, _likely_pieces(m, ratio, hd))
-        proj = m[:, sx0:sx1].sum(axis=0).astype(np.float32)
-        cols = np.arange(m.shape[1])[None, :] - sx0
-        for k, variants in _variants(m[:, sx0:sx1], proj, kmax).items():
+        band = m[:, sx0:sx1]  # the group's columns: outside them every part is empty
+        proj = band.sum(axis=0).astype(np.float32)
+        cols = np.arange(sx1 - sx0)[None, :]
+        for k, variants in _variants(band, proj, kmax).items():
             flags = ("touching", "likely") if k == likely else ("touching",)
             for split, edges in variants:
                 lims = [np.zeros((m.shape[0], 1), np.int64), *edges,
                         np.full((m.shape[0], 1), sx1 - sx0)]
                 for a, b in itertools.pairwise(lims):
-                    part = (m * ((cols >= a) & (cols < b))).astype(np.uint8)
-                    if not part.any():
+                    cut = (band * ((cols >= a) & (cols < b))).astype(np.uint8)
+                    if not cut.any():
                         continue
-                    ink, bbox = piece_ink(fi, part)
+                    part = np.zeros_like(m)
+                    part[:, sx0:sx1] = cut
+                    ink, bbox = piece_ink(fi, part, win)
                     vflags = flags if split == k else ("touching",)
                     pieces.append(Piece(pos, bbox, ink, flags=vflags, group=gi, split=split))
                     pos += 1
