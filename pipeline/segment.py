@@ -301,8 +301,8 @@ def _wall_model(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
 
 def piece_ink(fi: FieldInk, mask: np.ndarray, window: tuple[int, int, int, int] | None = None
               ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Ink of the pixels near ``mask`` (region coords) cropped to its box, and that box.
-    ``window`` (x0, y0, x1, y1), when given, holds every set pixel of ``mask``: its box is
+    """Ink of the pixels near ``mask`` (0/1 uint8, region coords) cropped to its box, and
+    that box. ``window`` (x0, y0, x1, y1), when given, holds every set pixel of ``mask``: its box is
     looked for there only."""
     wx, wy = (window[0], window[1]) if window else (0, 0)
     sub = mask[wy : window[3], wx : window[2]] if window else mask
@@ -312,9 +312,9 @@ def piece_ink(fi: FieldInk, mask: np.ndarray, window: tuple[int, int, int, int] 
     y0, x0 = max(0, y0 - 1), max(0, x0 - 1)
     y1, x1 = min(mask.shape[0], y1 + 1), min(mask.shape[1], x1 + 1)
     sub = mask[y0:y1, x0:x1]
-    # One pixel of dilation keeps the soft stroke edges below the threshold, like MNIST.
-    near = cv2.dilate(sub, _KERNEL3) > 0
-    near[fi.walls[y0:y1, x0:x1] > 0] = False
+    # One pixel of dilation keeps the soft stroke edges below the threshold, like MNIST;
+    # not onto the printed walls (0/1 masks: near and not a wall = dilated > wall).
+    near = cv2.dilate(sub, _KERNEL3) > fi.walls[y0:y1, x0:x1]
     # (ink times the boolean mask is the ink where it is set: many small arrays per
     # page, so every temporary saved counts)
     ink = np.multiply(fi.ink[y0:y1, x0:x1], near, dtype=np.float32)

@@ -173,7 +173,7 @@ def _box_piece(fi: FieldInk, bi: int, mask: np.ndarray, outside: int, window: Wi
     flags: list[str] = []
     if outside > 0.1 * total:
         flags.append("overrun")
-    if float(fi.ink[y0:y1, x0:x1][sub > 0].max()) < 90.0:
+    if cv2.minMaxLoc(fi.ink[y0:y1, x0:x1], mask=sub)[1] < 90.0:  # its strongest ink
         flags.append("faint")
     return Piece(bi, bbox, ink, False, tuple(flags), group=group, split=split)
 

@@ -221,8 +221,8 @@ def string_pieces(fi: FieldInk, f: FormField, t: Template) -> list[Piece]:
             pos += 1
             continue
         kmax = 2 if ratio <= 1.45 else 3 if ratio <= 2.0 else 4
-        likely = min(kmax, _likely_pieces(m, ratio, hd))
         band = m[:, sx0:sx1]  # the group's columns: outside them every part is empty
+        likely = min(kmax, _likely_pieces(band, ratio, hd))
         proj = band.sum(axis=0).astype(np.float32)
         cols = np.arange(sx1 - sx0)[None, :]
         for k, variants in _variants(band, proj, kmax).items():
