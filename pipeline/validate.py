@@ -230,21 +230,25 @@ def valid_readings(
         digits.tolist()
     pruned = _has_prefix_rules(rules, n)  # else _prefix_ok is always True
     isfinite = math.isfinite
+    # Per position, the digits worth expanding (finite log-probability), in top-k order,
+    # as (log-probability, digit, residue contribution): tested once, not on every pop.
+    cands = [[(lp, d, c) for lp, d, c in zip(lp_rows[i], dig_rows[i], con_rows[i], strict=True)
+              if isfinite(lp)] for i in range(n)]
     while heap and pops < max_pops:
         _, _, i, r, g, prefix = heapq.heappop(heap)
         pops += 1
         if i == n:
-            s = "".join(str(d) for d in prefix)
+            s = "".join(map(str, prefix))
             if not check_rules(rules, s):
                 yield s, g
             continue
-        h_next, lp_i, con_i, dig_i = h_rows[i + 1], lp_rows[i], con_rows[i], dig_rows[i]
-        for j in range(k):
-            r2 = (r + con_i[j]) % mod
-            rest, lp_ij = h_next[r2], lp_i[j]
-            if not (isfinite(rest) and isfinite(lp_ij)):
+        h_next = h_rows[i + 1]
+        for lp_ij, digit, con in cands[i]:
+            r2 = (r + con) % mod
+            rest = h_next[r2]
+            if not isfinite(rest):
                 continue
-            child = (*prefix, dig_i[j])
+            child = (*prefix, digit)
             if pruned and not _prefix_ok(rules, child, n):
                 continue
             g2 = g + lp_ij
