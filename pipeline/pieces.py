@@ -24,8 +24,8 @@ from pipeline.records import FieldCrop
 def piece_scorer(path: str) -> Callable[[np.ndarray], np.ndarray] | None:
     """The piece verifier as ``pixels (N, 28, 28) uint8 → P(one digit) (N,)``, or None.
 
-    Loaded once per process; it runs on the CPU in the main process, one page's pieces at
-    a time (:func:`score_pieces`): a string field has a few dozen candidate pieces, far
+    Loaded once per process; it runs on the CPU in the main process, a few pages' pieces
+    at a time (:func:`score_pages`): a string field has a few dozen candidate pieces, far
     too few to be worth a trip to the GPU.
     """
     if path == "none":
@@ -49,16 +49,24 @@ def score_pieces(crops: Sequence[FieldCrop],
                  scorer: Callable[[np.ndarray], np.ndarray] | None) -> list[FieldCrop]:
     """``crops`` with the verifier's ``single`` set where a ``piece`` was drawn (then dropped).
 
-    Runs where the digit CNN runs (the main process), on one page's pieces at a time:
-    the page workers then never run a network, which keeps them small.
+    Runs where the digit CNN runs (the main process): the page workers then never run a
+    network, which keeps them small.
     """
-    idx = [i for i, c in enumerate(crops) if c.piece is not None]
-    out = list(crops)
-    if not idx:
-        return out
-    pixels = [p for i in idx if (p := crops[i].piece) is not None]
+    return score_pages([crops], scorer)[0]
+
+
+def score_pages(pages: Sequence[Sequence[FieldCrop]],
+                scorer: Callable[[np.ndarray], np.ndarray] | None) -> list[list[FieldCrop]]:
+    """:func:`score_pieces` of several pages' crops, their pieces read in one batch (a
+    page has ~20; the verifier costs ~15 % less per piece in batches of four pages)."""
+    outs = [list(crops) for crops in pages]
+    todo = [(k, i) for k, crops in enumerate(pages) for i, c in enumerate(crops)
+            if c.piece is not None]
+    if not todo:
+        return outs
+    pixels = [p for k, i in todo if (p := pages[k][i].piece) is not None]
     single = scorer(np.stack(pixels)) if scorer is not None else None
-    for k, i in enumerate(idx):
-        out[i] = dataclasses.replace(crops[i], piece=None,
-                                     single=1.0 if single is None else float(single[k]))
-    return out
+    for n, (k, i) in enumerate(todo):
+        outs[k][i] = dataclasses.replace(pages[k][i], piece=None,
+                                         single=1.0 if single is None else float(single[n]))
+    return outs

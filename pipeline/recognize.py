@@ -27,7 +27,7 @@ import torch
 
 from pipeline.assemble_pages import PageOutcome, assemble_pages
 from pipeline.errors import FormdigitsError, RegistrationError
-from pipeline.pieces import piece_scorer, score_pieces
+from pipeline.pieces import piece_scorer, score_pages
 from pipeline.records import FieldCrop, FieldLine, RegisteredPage, pickled_by_fields
 from pipeline.settings import RunSettings
 from pipeline.templates import Template
@@ -196,12 +196,33 @@ class _Slot:
     cnn_seconds: float = 0.0
 
 
+def _score_pieces(slots: Sequence[_Slot], scorer: Callable[[np.ndarray], np.ndarray] | None
+                  ) -> None:
+    """The piece verifier's ``single`` for the pieces of a group of pages about to be
+    assembled, read in one batch (:func:`pipeline.pieces.score_pages`); each page is
+    charged an equal share of the time."""
+    todo = [s for s in slots if any(c.piece is not None for c in s.work.crops)]
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    scored = score_pages([s.work.crops for s in todo], scorer)
+    share = (time.perf_counter() - t0) / len(todo)
+    for slot, crops in zip(todo, scored, strict=True):
+        # (the crops' order and emptiness are unchanged: the CNN rows still align)
+        slot.work = dataclasses.replace(slot.work, crops=tuple(crops))
+        slot.work.timings["pieces"] = share
+
+
 def recognize(
     works: Iterable[PageWork], predictor: ProbaModel, templates: Sequence[Template],
     settings: RunSettings, run_id: str,
     on_batch: Callable[[int, float], None] | None = None,
 ) -> Iterator[PageOutcome]:
-    """Read every crop with the CNN in cross-page batches; yield pages in input order."""
+    """Read every crop with the CNN in cross-page batches; yield pages in input order.
+
+    The piece verifier reads the pieces of each group of pages just before the group is
+    assembled (the split choice is the first to need its answers), in one batch.
+    """
     by_id = {t.id: t for t in templates}
     bs = settings.batch_size
     scorer = piece_scorer(settings.piece_model)
@@ -231,6 +252,7 @@ def recognize(
         while pending and pending[0].todo == 0:
             done.append(pending.popleft())
         if done and (final or len(done) >= ASSEMBLE_PAGES):
+            _score_pieces(done, scorer)
             outs = assemble_pages([(s.work, s.probs, s.cnn_seconds) for s in done], by_id,
                                   settings, run_id, predictor.model_version)
             for s, out in zip(done, outs, strict=True):
@@ -240,10 +262,6 @@ def recognize(
             done.clear()
 
     for work in works:
-        if any(c.piece is not None for c in work.crops):
-            t0 = time.perf_counter()
-            work = dataclasses.replace(work, crops=tuple(score_pieces(work.crops, scorer)))
-            work.timings["pieces"] = time.perf_counter() - t0
         crops = work.nonempty()
         slot = _Slot(work, np.zeros((len(crops), 10), np.float32), len(crops))
         pending.append(slot)

@@ -191,6 +191,37 @@ def test_pieces_are_scored_in_the_main_process_and_dropped() -> None:
     assert score_pieces([piece], None)[0].single == 1.0
 
 
+def test_pages_pieces_are_scored_in_one_batch() -> None:
+    """score_pages reads the pieces of several pages in one call and gives each page the
+    crops it gets alone (a page without pieces included)."""
+    from pipeline.pieces import score_pages, score_pieces
+    from pipeline.records import FieldCrop, PageKey
+
+    key = PageKey("t.png", "0" * 64, 0)
+    z = np.zeros((28, 28), np.uint8)
+
+    def piece(pos: int, width: int) -> FieldCrop:
+        return FieldCrop(key, "delivery", "amount", "string", pos, (pos, 0, 9, 9), z,
+                         piece=normalize_piece(_bar(52, width), 80.0))
+
+    pages = [[piece(0, 40), piece(1, 160)],
+             [FieldCrop(key, "delivery", "zip_code", "boxes", 0, (0, 0, 9, 9), z)],
+             [piece(0, 90)]]
+    calls: list[int] = []
+
+    def scorer(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return pixels.reshape(len(pixels), -1).mean(axis=1).astype(np.float32) / 255.0
+
+    together = score_pages(pages, scorer)
+    assert calls == [3]
+    alone = [score_pieces(crops, scorer) for crops in pages]
+    assert [[(c.single, c.piece) for c in page] for page in together] == \
+        [[(c.single, c.piece) for c in page] for page in alone]
+    assert together[1][0] is pages[1][0]
+    assert len({c.single for page in together for c in page if c.kind == "string"}) == 3
+
+
 def write_string_crop(bank: Any, rng: np.random.Generator, path: Any) -> tuple[Any, str]:
     """A cut-out image of a random 2-6 digit string written as the synthesizer writes the
     ``delivery`` form's string field (neighbours may touch), saved to ``path``."""
