@@ -54,22 +54,23 @@ class Committer:
             error_type=item.error.error_type, message=item.error.message, hint=item.error.hint,
         )
         entry = FileEntry(item.source, item.file_sha256, 0, 1, file_error=True)
-        self._add(entry, [], {"errors": [row.to_row()]})
+        self._add(entry, [], {"errors": [row]})
 
     def add_file(self, item: WorkItem, pages: list[PageOutcome]) -> None:
-        """A finished file: all its pages' rows."""
-        rows: dict[str, list[dict[str, object]]] = {
-            "pages": [p.record.to_row() for p in pages],
-            "fields": [f.to_row() for p in pages for f in p.fields],
-            "digits": [d.to_row() for p in pages for d in p.digits],
-            "errors": [e.to_row() for p in pages for e in p.errors],
+        """A finished file: all its pages' rows (the records themselves: the store writes
+        them column by column)."""
+        rows: dict[str, list[object]] = {
+            "pages": [p.record for p in pages],
+            "fields": [f for p in pages for f in p.fields],
+            "digits": [d for p in pages for d in p.digits],
+            "errors": [e for p in pages for e in p.errors],
         }
         entry = FileEntry(item.source, item.file_sha256, len(pages), len(rows["errors"]),
                           file_error=False)
         self._add(entry, pages, rows)
 
     def _add(self, entry: FileEntry, pages: list[PageOutcome],
-             rows: dict[str, list[dict[str, object]]]) -> None:
+             rows: dict[str, list[object]]) -> None:
         self.pending.add(entry, rows)
         t = self.tally
         t.files += 1

@@ -23,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import operator
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,15 +133,19 @@ class FileEntry:
 
 @dataclass
 class PendingCommit:
-    """Rows of a group of files, buffered until they are committed together."""
+    """Rows of a group of files, buffered until they are committed together.
+
+    A row is a record of :mod:`pipeline.records` (its fields are the table's columns) or a
+    plain dict by column name.
+    """
 
     files: list[FileEntry] = field(default_factory=list)
-    rows: dict[str, list[dict[str, Any]]] = field(
+    rows: dict[str, list[Any]] = field(
         default_factory=lambda: {name: [] for name in RESULT_TABLES}
     )
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, entry: FileEntry, rows: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+    def add(self, entry: FileEntry, rows: Mapping[str, Iterable[Any]]) -> None:
         """Add one file and its rows (``{"fields": [...], "pages": [...], ...}``)."""
         self.files.append(entry)
         for name, items in rows.items():
@@ -242,7 +247,7 @@ class OutputStore:
         for table, schema in RESULT_TABLES.items():
             rows = pending.rows[table]
             if rows:
-                _write_parquet(self.out / table / name, pa.Table.from_pylist(rows, schema=schema))
+                _write_parquet(self.out / table / name, _table(rows, schema))
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         manifest_rows = [
             {
@@ -387,6 +392,22 @@ def _commit_of(part: Path) -> str:
 def _write_parquet(path: Path, table: pa.Table) -> None:
     table = table.replace_schema_metadata(with_version(table.schema).metadata)
     _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def _table(rows: Sequence[Any], schema: pa.Schema) -> pa.Table:
+    """``rows`` (records or dicts, see :class:`PendingCommit`) as an Arrow table.
+
+    Records go column by column (one attribute getter per row, one array per column):
+    a third of the cost of making a dict of every row and letting Arrow take them apart.
+    """
+    if any(isinstance(r, dict) for r in rows):
+        return pa.Table.from_pylist([r if isinstance(r, dict) else r.to_row() for r in rows],
+                                    schema=schema)
+    values = operator.attrgetter(*schema.names)
+    columns = zip(*map(values, rows), strict=True) if len(schema) > 1 else \
+        [[getattr(r, schema.names[0]) for r in rows]]
+    return pa.Table.from_arrays([pa.array(list(c), type=f.type)
+                                 for c, f in zip(columns, schema, strict=True)], schema=schema)
 
 
 def _atomic_write(path: Path, write: Any) -> None:

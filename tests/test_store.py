@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -222,6 +223,7 @@ def test_a_run_leaves_pandas_out_of_its_process(tmp_path: Path) -> None:
     code = f"""
 import sys
 from pathlib import Path
+from typing import Any
 from pipeline.run import process
 from pipeline.settings import RunSettings
 from pipeline.store import read_table
@@ -239,3 +241,34 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parent.parent, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_records_and_dict_rows_commit_the_same_tables(tmp_path: Path) -> None:
+    """The committer hands the store its records, written column by column; dict rows (and
+    a mix) give the same tables, list and binary columns included."""
+    field = records.FieldResult(
+        "r", "a.png", "a" * 64, 0, "delivery", "zip_code", "boxes", "12345", "12845", 0.91,
+        "needs_review", ("low_confidence",), True, ("12845", "12340"), (0.05, 0.01), 5,
+        "digitnet-1.0", 0.02)
+    digit = records.DigitRecord("r", "a.png", "a" * 64, 0, "zip_code", 2, 10, 20, 30, 40, 3,
+                                0.7, (3, 8, 5), (0.7, 0.2, 0.05), b"\x89PNG-bytes")
+    error = ErrorRecord("r", "b.png", "b" * 64, None, "corrupt_file", "bad", "re-scan")
+    page = PageRecord("r", "a.png", "a" * 64, 0, "delivery", 0.9, 0, "marks", "read", 1, 0.1)
+    tables: dict[str, dict[str, pa.Table]] = {}
+    for how in ("records", "dicts", "mixed"):
+        out = tmp_path / how
+        pc = PendingCommit()
+        rows: dict[str, list[Any]] = {"fields": [field], "digits": [digit],
+                                      "errors": [error], "pages": [page]}
+        if how != "records":
+            rows = {k: [r.to_row() for r in v] if how == "dicts" or k == "digits" else v
+                    for k, v in rows.items()}
+        pc.add(FileEntry("a.png", "a" * 64, 1, 1, False), rows)
+        with OutputStore(out, "r") as st:
+            st.commit(pc)
+        tables[how] = {name: read_arrow(out, name) for name in schema.RESULT_TABLES}
+    for name in schema.RESULT_TABLES:
+        assert tables["records"][name].num_rows == 1
+        assert tables["records"][name].equals(tables["dicts"][name], check_metadata=True)
+        assert tables["records"][name].equals(tables["mixed"][name], check_metadata=True)
+    assert tables["records"]["digits"].column("top3_digits").to_pylist() == [[3, 8, 5]]
