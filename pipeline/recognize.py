@@ -34,11 +34,14 @@ from pipeline.templates import Template
 
 log = logging.getLogger(__name__)
 
-# Pages read by the CNN are assembled ASSEMBLE_PAGES at a time, so that their string and
-# boxed-field lines are read in one batch (pipeline.assemble_pages.assemble_pages): on one thread
-# the line readers take 1.2 / 1.7 ms per line in a batch of 4 against 2.4 / 3.8 ms alone.
-# Larger groups gain little more and hold the run's last pages back longer.
-ASSEMBLE_PAGES = 4
+# Pages read by the CNN are assembled ASSEMBLE_PAGES at a time, so that their pieces, string
+# lines and boxed-field lines are read in one batch each (pipeline.assemble_pages): on one
+# thread the line readers take 1.2 / 1.7 ms per line in a batch of 4 against 2.4 / 3.8 ms
+# alone. In the 2-worker run, assembly took 6.6 / 5.7 / 5.4 ms of CPU per page in groups
+# of 4 / 8 / 16 (three interleaved runs each); a group of 16 holds ~2 MB and delays a
+# page's rows by 16 pages at most. (GRU batches sum in another order by batch size: a
+# field's confidence may move by ~2e-7 with its group; no value, status or reason did.)
+ASSEMBLE_PAGES = 16
 
 
 class ProbaModel(Protocol):
