@@ -94,8 +94,8 @@ def normalize_piece(ink: np.ndarray, field_h: float, *, input_size: int = INPUT_
     peak = float(img.max()) if img.size else 0.0
     if peak <= 0.0:
         return out
-    ys, xs = np.nonzero(img > INK_FRACTION * peak)
-    box = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] * (255.0 / peak)
+    x0, y0, bw, bh = cv2.boundingRect((img > INK_FRACTION * peak).view(np.uint8))
+    box = img[y0 : y0 + bh, x0 : x0 + bw] * (255.0 / peak)
     h, w = box.shape
     scale = min(PIECE_DIGIT_PX / max(PIECE_FIELD_FILL * field_h, 1.0), PIECE_MAX_PX / max(h, w))
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
