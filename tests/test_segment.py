@@ -391,3 +391,21 @@ def test_order_stats_give_numpys_percentiles(dtype: type) -> None:
     lo, hi, frac = ranks(rows, 30.0, 1)
     np.testing.assert_allclose(lo + (hi - lo) * frac, np.percentile(rows, 30.0, axis=1),
                                rtol=1e-6)
+
+
+def test_field_geometry_is_built_once_and_shared_read_only() -> None:
+    """A field's wall bands, box interiors and wall segments depend on the template only:
+    built once per process, the same read-only object for every page."""
+    from pipeline.segment import _geometry
+
+    t = load_template("delivery")
+    blank = render_blank(t, 150.0)
+    f = next(x for x in t.fields if x.kind == "boxes")
+    field_ink(blank, t, f)
+    before = _geometry.cache_info().hits
+    fi = field_ink(blank, t, f)
+    assert _geometry.cache_info().hits == before + 1
+    geo = _geometry(fi.ink.shape, tuple(fi.boxes), f.kind)
+    assert not (geo.inner.flags.writeable or geo.bands.flags.writeable)
+    assert geo.inner.shape == fi.ink.shape and not (geo.inner & geo.bands).any()
+    assert len(geo.segments) == 4 * len(fi.boxes)
