@@ -43,6 +43,20 @@ def test_copies_decode_the_same_but_hash_differently(pages, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_decode_floor_decodes_without_hashing(pages, monkeypatch):
+    """The floor times decoding alone: the pipeline's workers get each file's hash from
+    the planning step, so the floor must not hash either."""
+    import pipeline.ingest as ingest
+    from bench.perf import _decode_one
+
+    def no_hash(path):
+        raise AssertionError(f"the decode floor hashed {path}")
+
+    monkeypatch.setattr(ingest, "file_sha256", no_hash)
+    for p in pages:
+        assert _decode_one(str(p)) > 0 and _decode_one(str(p), as_pipeline=False) > 0
+
+
 def test_decode_and_pipeline_rates(pages, tmp_path):
     from models.predictor import Predictor
 
