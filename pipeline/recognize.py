@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 # lines and boxed-field lines are read in one batch each (pipeline.assemble_pages): on one
 # thread the line readers take 1.2 / 1.7 ms per line in a batch of 4 against 2.4 / 3.8 ms
 # alone. In the 2-worker run, assembly took 6.6 / 5.7 / 5.4 ms of CPU per page in groups
-# of 4 / 8 / 16 (three interleaved runs each); a group of 16 holds ~2 MB and delays a
-# page's rows by 16 pages at most. (GRU batches sum in another order by batch size: a
-# field's confidence may move by ~2e-7 with its group; no value, status or reason did.)
-ASSEMBLE_PAGES = 16
+# of 4 / 8 / 16 (three interleaved runs each), but with 16 the cores were less busy
+# (94-95 % against 96 %: the page workers wait while the run process assembles) and the
+# run slower in each of three more pairs. (GRU batches sum in another order by batch
+# size: a field's confidence may move by ~2e-7 with its group; no value, status or reason
+# did.)
+ASSEMBLE_PAGES = 8
 
 
 class ProbaModel(Protocol):
