@@ -18,9 +18,9 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +28,14 @@ import torch
 from pipeline.assemble_pages import PageOutcome, assemble_pages
 from pipeline.errors import FormdigitsError, RegistrationError
 from pipeline.pieces import piece_scorer, score_pages
-from pipeline.records import FieldCrop, FieldLine, RegisteredPage, pickled_by_fields
+from pipeline.records import (
+    FieldCrop,
+    FieldLine,
+    RegisteredPage,
+    pack_crops,
+    pickled_by_fields,
+    unpack_crops,
+)
 from pipeline.settings import RunSettings
 from pipeline.templates import Template
 
@@ -77,7 +84,6 @@ class ErrorInfo:
     hint: str
 
 
-@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class PageWork:
     """What a worker sends back for one page (picklable, a few KiB)."""
@@ -97,6 +103,24 @@ class PageWork:
     def nonempty(self) -> list[FieldCrop]:
         """Crops the CNN must read (empty boxes are not sent to the model)."""
         return [c for c in self.crops if not c.empty]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its fields, the crops packed (pipeline.records.pack_crops): it crosses
+        # from a page worker to the run process once per page.
+        values = [getattr(self, name) for name in _PAGE_WORK_FIELDS]
+        values[_CROPS] = pack_crops(self.crops)
+        return _page_work, tuple(values)
+
+
+_PAGE_WORK_FIELDS = tuple(f.name for f in fields(PageWork))
+_CROPS = _PAGE_WORK_FIELDS.index("crops")
+
+
+def _page_work(*values: Any) -> PageWork:
+    """A PageWork from :meth:`PageWork.__reduce__`'s values."""
+    unpacked = list(values)
+    unpacked[_CROPS] = unpack_crops(values[_CROPS])
+    return PageWork(*unpacked)
 
 
 def prepare_page(item: PageItem, templates: Sequence[Template], settings: RunSettings) -> PageWork:

@@ -122,6 +122,47 @@ class FieldCrop:
     piece: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
+_crop_values = operator.attrgetter(*_names(FieldCrop))
+_PIXELS, _PIECE = _names(FieldCrop).index("pixels"), _names(FieldCrop).index("piece")
+
+
+def pack_crops(crops: tuple[FieldCrop, ...]) -> tuple[Any, ...]:
+    """``crops`` for the trip from a page worker: their other fields, and their pixels and
+    pieces as one ``(N, 28, 28)`` block each (see :func:`unpack_crops`).
+
+    A page is ~60 crops and ~20 pieces; pickling each array on its own was most of the
+    cost of sending a page (0.63 → 0.37 ms of CPU per page, both ways).
+    """
+    rows = [list(_crop_values(c)) for c in crops]
+    shapes = {(r[_PIXELS].shape, r[_PIXELS].dtype) for r in rows} | {
+        (r[_PIECE].shape, r[_PIECE].dtype) for r in rows if r[_PIECE] is not None}
+    if len(shapes) != 1:  # (no crops, or crops of another size: sent as they are)
+        return (crops,)
+    pixels = np.stack([r[_PIXELS] for r in rows])
+    drawn = [r[_PIECE] for r in rows if r[_PIECE] is not None]
+    pieces = np.stack(drawn) if drawn else None
+    for r in rows:
+        r[_PIXELS], r[_PIECE] = None, r[_PIECE] is not None
+    return rows, pixels, pieces
+
+
+def unpack_crops(packed: tuple[Any, ...]) -> tuple[FieldCrop, ...]:
+    """The crops :func:`pack_crops` packed (their arrays are views of the blocks)."""
+    if len(packed) == 1:
+        return tuple(packed[0])
+    rows, pixels, pieces = packed
+    out = []
+    n = 0
+    for i, r in enumerate(rows):
+        r[_PIXELS] = pixels[i]
+        if r[_PIECE]:
+            r[_PIECE], n = pieces[n], n + 1
+        else:
+            r[_PIECE] = None
+        out.append(FieldCrop(*r))
+    return tuple(out)
+
+
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class FieldLine:

@@ -537,3 +537,14 @@ def test_page_work_survives_the_trip_from_a_worker() -> None:
         assert np.array_equal(back.crops[0].piece, crops[0].piece)  # type: ignore[arg-type]
         assert np.array_equal(back.lines[0].pixels, line.pixels) and back.timings == work.timings
         assert back.crops[0].key is back.crops[1].key  # one PageKey, as in the worker
+    # Sent packed: the crops' pixels arrive as one block (pipeline.records.pack_crops) ...
+    sent = pickle.loads(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL))
+    assert sent.crops[0].pixels.base is sent.crops[1].pixels.base is not None
+    # ... unless their sizes differ: then as they are.
+    odd = dataclasses.replace(work, crops=(crops[0], dataclasses.replace(
+        crops[1], pixels=np.ones((20, 20), np.uint8))))
+    back = pickle.loads(pickle.dumps(odd, protocol=pickle.HIGHEST_PROTOCOL))
+    assert [c.pixels.shape for c in back.crops] == [(28, 28), (20, 20)]
+    assert repr(back) == repr(odd) and back.crops[1].pixels.sum() == 400
+    empty = dataclasses.replace(work, crops=())
+    assert pickle.loads(pickle.dumps(empty)).crops == ()
