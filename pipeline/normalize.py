@@ -62,7 +62,8 @@ def normalize_digit(
     left = round((input_size - 1) / 2.0 - cx)
     top = min(max(top, 0), input_size - nh)
     left = min(max(left, 0), input_size - nw)
-    out[top : top + nh, left : left + nw] = np.rint(small).astype(np.uint8)
+    # (small is clipped to 0..255: OpenCV rounds it half to even to uint8 as np.rint does)
+    out[top : top + nh, left : left + nw] = cv2.convertScaleAbs(small)
     return out
 
 
