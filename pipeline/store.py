@@ -391,7 +391,13 @@ def _commit_of(part: Path) -> str:
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
     table = table.replace_schema_metadata(with_version(table.schema).metadata)
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    # No dictionary for binary columns (the crops' PNGs, all different): Parquet built one
+    # for every commit only to give it up, which took half the digits table's write time
+    # (17 -> 8 ms for 64 pages) and a transient ~2x the column's size in memory.
+    plain = {f.name for f in table.schema if pa.types.is_binary(f.type)}
+    use_dictionary = [n for n in table.column_names if n not in plain] if plain else True
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                   use_dictionary=use_dictionary))
 
 
 def _table(rows: Sequence[Any], schema: pa.Schema) -> pa.Table:

@@ -272,3 +272,10 @@ def test_records_and_dict_rows_commit_the_same_tables(tmp_path: Path) -> None:
         assert tables["records"][name].equals(tables["dicts"][name], check_metadata=True)
         assert tables["records"][name].equals(tables["mixed"][name], check_metadata=True)
     assert tables["records"]["digits"].column("top3_digits").to_pylist() == [[3, 8, 5]]
+    # Crops (all different) are stored plain, the other columns with a dictionary.
+    part = next((tmp_path / "records" / "digits").glob("*.parquet"))
+    chunk = pq.ParquetFile(part).metadata.row_group(0)
+    encodings = {chunk.column(i).path_in_schema: chunk.column(i).encodings
+                 for i in range(chunk.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["crop_png"]
+    assert "RLE_DICTIONARY" in encodings["field"]
