@@ -1,4 +1,4 @@
-"""The string-piece verifier in the pipeline: load it, and score a page's pieces with it.
+"""The string-piece verifier in the pipeline: load it, and score pages' pieces with it.
 
 Segmentation draws every candidate piece of a string field, and every cut-variant piece of
 digits touching across a box wall (at :func:`pipeline.segment.box_piece_height`), at field
