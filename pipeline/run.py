@@ -103,12 +103,17 @@ def process_chunk(ctx: RunContext, items: Sequence[WorkItem],
     # What exists now (modules, models, templates: ~200k objects) outlives the chunk: frozen,
     # the collector stops walking it (75 ms a full pass here), in the forked page workers
     # too, which then also stop writing to the pages they share with this process. Thawed
-    # at the end, so nothing is kept from the collector for good.
-    gc.freeze()
+    # at the end, so nothing is kept from the collector for good. Freezing is process-wide:
+    # where something else froze objects already (the host, or a chunk running beside this
+    # one), it is left alone, and so are they.
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     try:
         return _process_chunk(ctx, items, progress)
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 def _process_chunk(ctx: RunContext, items: Sequence[WorkItem],

@@ -219,7 +219,7 @@ def test_a_chunk_thaws_what_it_froze(fakes: None, scans: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """process_chunk keeps the run's long-lived objects from the collector while it reads,
     and gives them back afterwards, also when the chunk fails (a library must not leave
-    its host's objects frozen for good)."""
+    its host's objects frozen for good), and leaves alone what its host froze."""
     import gc
 
     import pipeline.run as run
@@ -243,6 +243,19 @@ def test_a_chunk_thaws_what_it_froze(fakes: None, scans: Path, tmp_path: Path,
     with pytest.raises(RuntimeError, match="chunk failed"):
         _run(scans, tmp_path / "out2")
     assert gc.get_freeze_count() == before
+
+    # Objects the host froze itself stay frozen.
+    monkeypatch.setattr(run, "_process_chunk", spy)
+    kept = [object() for _ in range(3)]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        _run(scans, tmp_path / "out3")
+        # not thawed: still (almost) all frozen; a few frozen objects may die meanwhile
+        assert gc.get_freeze_count() > 0.99 * frozen > 0
+        assert len(kept) == 3
+    finally:
+        gc.unfreeze()
 
 
 def test_locked_output_is_refused(fakes: None, scans: Path, tmp_path: Path) -> None:
