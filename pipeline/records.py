@@ -134,10 +134,10 @@ def pack_crops(crops: tuple[FieldCrop, ...]) -> tuple[Any, ...]:
     cost of sending a page (0.63 → 0.37 ms of CPU per page, both ways).
     """
     rows = [list(_crop_values(c)) for c in crops]
-    shapes = {(r[_PIXELS].shape, r[_PIXELS].dtype) for r in rows} | {
-        (r[_PIECE].shape, r[_PIECE].dtype) for r in rows if r[_PIECE] is not None}
-    if len(shapes) != 1:  # (no crops, or crops of another size: sent as they are)
-        return (crops,)
+    arrays = [r[_PIXELS] for r in rows] + [r[_PIECE] for r in rows if r[_PIECE] is not None]
+    if not all(isinstance(a, np.ndarray) for a in arrays) or \
+            len({(a.shape, a.dtype) for a in arrays}) != 1:
+        return (crops,)  # (no crops, or crops of another size: sent as they are)
     pixels = np.stack([r[_PIXELS] for r in rows])
     drawn = [r[_PIECE] for r in rows if r[_PIECE] is not None]
     pieces = np.stack(drawn) if drawn else None
