@@ -211,3 +211,19 @@ def test_shipped_codes_are_far_apart() -> None:
     for i, a in enumerate(codes):
         for b in codes[i + 1 :]:
             assert bin(a ^ b).count("1") >= 3, (a, b)
+
+
+def test_fast_yaml_loader_reads_the_shipped_templates_as_the_safe_loader_does() -> None:
+    """Templates are parsed with libyaml's safe loader where PyYAML has it: the same data
+    as yaml.safe_load, and a bad document is still a ConfigError naming the template."""
+    from pathlib import Path
+
+    from pipeline import templates
+
+    for path in sorted(Path(templates.__file__).parent.joinpath("templates").glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert templates._safe_load(text) == yaml.safe_load(text)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        templates.parse_template("fields: [unclosed", "broken.yaml")
+    with pytest.raises(yaml.YAMLError):  # safe: Python tags are refused, never run
+        templates._safe_load("a: !!python/object/apply:os.system ['true']\n")
