@@ -396,16 +396,16 @@ def test_order_stats_give_numpys_percentiles(dtype: type) -> None:
 def test_field_geometry_is_built_once_and_shared_read_only() -> None:
     """A field's wall bands, box interiors and wall segments depend on the template only:
     built once per process, the same read-only object for every page."""
-    from pipeline.segment import _geometry
+    from pipeline.segment_walls import field_geometry
 
     t = load_template("delivery")
     blank = render_blank(t, 150.0)
     f = next(x for x in t.fields if x.kind == "boxes")
     field_ink(blank, t, f)
-    before = _geometry.cache_info().hits
+    before = field_geometry.cache_info().hits
     fi = field_ink(blank, t, f)
-    assert _geometry.cache_info().hits == before + 1
-    geo = _geometry(fi.ink.shape, tuple(fi.boxes), f.kind)
+    assert field_geometry.cache_info().hits == before + 1
+    geo = field_geometry(fi.ink.shape, tuple(fi.boxes), f.kind)
     assert not (geo.inner.flags.writeable or geo.bands.flags.writeable)
     assert geo.inner.shape == fi.ink.shape and not (geo.inner & geo.bands).any()
     assert len(geo.segments) == 4 * len(fi.boxes)
