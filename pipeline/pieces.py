@@ -58,7 +58,7 @@ def score_pieces(crops: Sequence[FieldCrop],
 def score_pages(pages: Sequence[Sequence[FieldCrop]],
                 scorer: Callable[[np.ndarray], np.ndarray] | None) -> list[list[FieldCrop]]:
     """:func:`score_pieces` of several pages' crops, their pieces read in one batch (a
-    page has ~20; the verifier costs ~15 % less per piece in batches of four pages)."""
+    page has ~20; the verifier costs ~15 % less per piece in batches of a few pages)."""
     outs = [list(crops) for crops in pages]
     todo = [(k, i) for k, crops in enumerate(pages) for i, c in enumerate(crops)
             if c.piece is not None]

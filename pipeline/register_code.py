@@ -143,11 +143,11 @@ def orientation_of(h: np.ndarray) -> int:
     return round(ang / 90.0) * 90 % 360
 
 
-def _sample(img: np.ndarray, h: np.ndarray, rects: Sequence[tuple[float, ...]]) -> np.ndarray:
+def _sample(img: np.ndarray, h: np.ndarray, rects: tuple[tuple[float, ...], ...]) -> np.ndarray:
     """Mean gray of the inner half of each template-px rect, seen through ``h``."""
     if not rects:
         return np.zeros(0, np.float32)
-    q = cv2.perspectiveTransform(_sample_points(tuple(map(tuple, rects))), h)[0]
+    q = cv2.perspectiveTransform(_sample_points(rects), h)[0]
     hh, ww = img.shape
     xi = np.clip(np.rint(q[:, 0]), 0, ww - 1).astype(np.intp)
     yi = np.clip(np.rint(q[:, 1]), 0, hh - 1).astype(np.intp)
@@ -169,7 +169,7 @@ def _sample_points(rects: tuple[tuple[float, ...], ...]) -> np.ndarray:
     return pts
 
 
-def _ring(cells: Sequence[tuple[float, float, float, float]]) -> list[tuple[float, ...]]:
+def _ring(cells: Sequence[tuple[float, float, float, float]]) -> tuple[tuple[float, ...], ...]:
     """Small rects beside and just above the code strip: paper-level reference.
 
     Below the strip is the title, so the frame stays above it and at its two ends.
@@ -186,7 +186,7 @@ def _ring(cells: Sequence[tuple[float, float, float, float]]) -> list[tuple[floa
     for yy in np.linspace(y0, y1 - 0.5 * s, 3):
         out.append((x0 - 1.5 * s, float(yy), s * 0.5, s * 0.5))
         out.append((x1 + 1.0 * s, float(yy), s * 0.5, s * 0.5))
-    return out
+    return tuple(out)
 
 
 @dataclass
@@ -196,8 +196,8 @@ class TemplateRef:
     template: Template
     size_px: tuple[int, int]
     marks_px: np.ndarray  # (4, 2) mark centres, template px: TL, TR, BR, BL
-    cells_px: list[tuple[float, float, float, float]]
-    ring_px: list[tuple[float, ...]]
+    cells_px: tuple[tuple[float, float, float, float], ...]
+    ring_px: tuple[tuple[float, ...], ...]
     code_bits: np.ndarray  # expected dark cells (bool)
     struct: np.ndarray  # blank at STRUCT_DPI, zero mean, unit norm
     blank: np.ndarray = field(repr=False)
@@ -208,7 +208,7 @@ class TemplateRef:
     def strip_key(self) -> tuple[tuple[tuple[float, ...], ...], ...]:
         """Where the code strip is read (its cells and paper ring): templates with equal
         keys read the same bits through the same pose."""
-        return tuple(map(tuple, self.cells_px)), tuple(map(tuple, self.ring_px))
+        return self.cells_px, self.ring_px
 
     def features(self) -> tuple[Any, Any, np.ndarray]:
         """ORB keypoints/descriptors of the blank at DET_DPI, and template px -> those px."""
@@ -274,7 +274,8 @@ def template_ref(t: Template) -> TemplateRef:
     px = t.px
     marks = np.array([(px(x), px(y)) for x, y in t.mark_centers_mm()], np.float64) - 0.5
     strip = code_strip_mm(t)
-    cells = [(px(x) - 0.5, px(y) - 0.5, px(w), px(h)) for (x, y, w, h), _ in strip]
+    # (tuples: hashable, so the points sampled in them are computed once, _sample_points)
+    cells = tuple((px(x) - 0.5, px(y) - 0.5, px(w), px(h)) for (x, y, w, h), _ in strip)
     ref = TemplateRef(
         template=t,
         size_px=(blank.shape[1], blank.shape[0]),
